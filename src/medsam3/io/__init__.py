@@ -1,0 +1,1 @@
+"""Readers and writers: DICOM, SimpleITK formats, 2D images, video and Zarr stores."""

@@ -1,0 +1,1 @@
+"""Segmentation backends behind one interface (see base.py)."""

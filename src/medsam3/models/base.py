@@ -1,0 +1,82 @@
+"""The one small interface every segmentation backend implements."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from medsam3.types import Kind
+
+
+@dataclass
+class Instance:
+    """One instance of a concept.
+
+    Attributes:
+        mask: bool array, spatial shape of the input ((y, x) or (z, y, x) / (t, y, x)).
+        box: (x0, y0, x1, y1) for 2D, (x0, y0, z0, x1, y1, z1) for 3D; pixel units, end exclusive.
+        score: instance confidence in [0, 1].
+    """
+
+    mask: np.ndarray
+    box: tuple[int, ...]
+    score: float
+
+
+@dataclass
+class ConceptResult:
+    """Everything a backend returns for one concept phrase.
+
+    Attributes:
+        concept: the phrase as given.
+        mask: uint8 union mask (0/1), spatial shape of the input.
+        presence: probability in [0, 1] that the concept is in the input.
+        instances: detected instances (empty when absent).
+        nearest_known: nearest vocabulary concepts (for unknown phrases; may be empty).
+        extra: backend-specific details (per-slice presence, timings, ...), JSON-serialisable.
+    """
+
+    concept: str
+    mask: np.ndarray
+    presence: float
+    instances: list[Instance] = field(default_factory=list)
+    nearest_known: list[str] = field(default_factory=list)
+    extra: dict = field(default_factory=dict)
+
+
+class Segmenter(ABC):
+    """A text-promptable concept segmenter.
+
+    Subclasses set ``name`` and ``checkpoint_digest`` and implement :meth:`segment`.
+    """
+
+    name: str = "base"
+    checkpoint_digest: str = ""
+
+    @abstractmethod
+    def segment(
+        self,
+        array: np.ndarray,
+        concepts: list[str],
+        modality: str | None = None,
+        spacing: tuple[float, ...] | None = None,
+        boxes: dict[str, list] | None = None,
+        points: dict[str, list] | None = None,
+        kind: Kind | None = None,
+    ) -> dict[str, ConceptResult]:
+        """Segment every instance of each concept phrase.
+
+        Args:
+            array: (y, x[, c]) image, (z, y, x) volume or (t, y, x[, c]) video, any numeric dtype.
+            concepts: phrases such as "liver" or "left kidney".
+            modality: ct, mri, xray, ultrasound, endoscopy, ... (drives pre-processing).
+            spacing: SimpleITK (x, y[, z]) spacing in mm, when known.
+            boxes: optional per-concept box prompts, (x0, y0, x1, y1) pixel boxes.
+            points: optional per-concept point prompts, (x, y) pixels.
+            kind: "image", "volume" or "video"; inferred from the shape when None.
+
+        Returns:
+            Mapping from each phrase to its ConceptResult.
+        """
