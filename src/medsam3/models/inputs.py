@@ -88,7 +88,9 @@ def check_concepts(concepts: list[str] | str) -> list[str]:
     out: list[str] = []
     for i, phrase in enumerate(concepts):
         if not isinstance(phrase, str) or not phrase.strip():
-            raise InputError(f"concept #{i} is empty or not text ({phrase!r}); give a phrase like 'liver'")
+            raise InputError(
+                f"concept #{i} is empty or not text ({phrase!r}); give a phrase like 'liver'"
+            )
         phrase = " ".join(phrase.split())
         if phrase in out:
             raise InputError(f"concept {phrase!r} is listed twice")
