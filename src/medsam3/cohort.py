@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
 
 DEFAULT_SALT = "medsam3"
 
@@ -23,3 +28,120 @@ def derive_study_id(key: str, salt: str = DEFAULT_SALT, prefix: str = "s") -> st
     """
     digest = hashlib.sha256(f"{salt}\x00{key}".encode()).hexdigest()
     return f"{prefix}-{digest[:12]}"
+
+
+STUDY_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+COHORT_COLUMNS = ("path", "study_id", "modality", "concepts")
+
+
+class CohortError(ValueError):
+    """A cohort table that cannot be used; the message names the row and the fix."""
+
+
+@dataclass(frozen=True)
+class Study:
+    """One row of a cohort table after validation.
+
+    Attributes:
+        study_id: file-safe id (from the table, else a salted hash of the path).
+        path: absolute source path (file, folder or .dcmlist); may not exist (recorded at ingest).
+        modality: lower-case modality from the table, or None (detected at ingest).
+        concepts: phrases from the table, or () to use the per-modality defaults from config.
+    """
+
+    study_id: str
+    path: str
+    modality: str | None
+    concepts: tuple[str, ...]
+
+
+def read_table(path: str | Path) -> pd.DataFrame:
+    """Read a cohort table from CSV or Parquet (all columns as strings, blanks as None)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CohortError(f"cohort table {path} does not exist; pass --config cohort=PATH")
+    if path.suffix.lower() in (".parquet", ".pq"):
+        table = pd.read_parquet(path)
+    else:
+        table = pd.read_csv(path, dtype=str, keep_default_na=False, comment=None)
+    columns = {
+        col: pd.Series([_clean_cell(v) for v in table[col]], dtype=object) for col in table.columns
+    }
+    table = pd.DataFrame(columns, dtype=object)
+    return table
+
+
+def _clean_cell(value) -> str | None:
+    if value is None or (isinstance(value, float) and value != value):
+        return None
+    text = str(value).strip()
+    return text or None
+
+
+def split_concepts(cell: str | None) -> tuple[str, ...]:
+    """Split a ';'-separated concepts cell into stripped, non-empty phrases."""
+    if not cell:
+        return ()
+    return tuple(" ".join(p.split()) for p in cell.split(";") if p.strip())
+
+
+def load_cohort(path: str | Path, salt: str = DEFAULT_SALT) -> list[Study]:
+    """Load and validate a cohort table.
+
+    Args:
+        path: CSV or Parquet with column ``path`` and optional ``study_id``, ``modality``,
+            ``concepts`` (';'-separated). Relative paths resolve against the table's folder.
+        salt: salt for derived study ids.
+
+    Returns:
+        Studies in table order.
+
+    Raises:
+        CohortError: missing ``path`` column, empty path cell, bad or duplicate study ids.
+    """
+    table = read_table(path)
+    if "path" not in table.columns:
+        raise CohortError(f"cohort table {path}: no 'path' column (columns: {list(table.columns)})")
+    base = Path(path).resolve().parent
+    studies, seen = [], {}
+    for i, row in enumerate(table.to_dict("records"), start=2):  # row 1 is the header
+        studies.append(_study_from_row(row, i, path, base, salt, seen))
+    return studies
+
+
+def _study_from_row(
+    row: dict, line: int, table: str | Path, base: Path, salt: str, seen: dict
+) -> Study:
+    where = f"cohort table {table} row {line}"
+    if not row.get("path"):
+        raise CohortError(f"{where}: empty 'path'; give a file or folder")
+    source = Path(row["path"]).expanduser()
+    source = source if source.is_absolute() else (base / source)
+    source = Path(str(source.resolve()) if source.exists() else str(source))
+    study_id = row.get("study_id") or derive_study_id(str(source), salt)
+    if not STUDY_ID_RE.match(study_id):
+        raise CohortError(
+            f"{where}: study_id {study_id!r} is not file-safe; use letters, digits, '.', '_', '-'"
+        )
+    if study_id in seen:
+        raise CohortError(f"{where}: study_id {study_id!r} repeats row {seen[study_id]}")
+    seen[study_id] = line
+    modality = (row.get("modality") or "").lower() or None
+    return Study(study_id, str(source), modality, split_concepts(row.get("concepts")))
+
+
+def concepts_for(study: Study, modality: str | None, defaults: dict[str, list[str]]) -> list[str]:
+    """Concepts to segment for a study: the table's, else config defaults for its modality.
+
+    Args:
+        study: the cohort row.
+        modality: modality detected at ingest (used when the table has none).
+        defaults: config ``default_concepts``: modality -> phrases, with "*" as fallback.
+
+    Returns:
+        Phrases (possibly empty when no default applies).
+    """
+    if study.concepts:
+        return list(study.concepts)
+    key = (study.modality or modality or "").lower()
+    return list(defaults.get(key) or defaults.get("*") or [])

@@ -1,0 +1,19 @@
+# medsam3: text-promptable concept segmentation over imaging cohorts.
+# Usage: snakemake --cores 2 [--config cohort=PATH outdir=DIR]; see README.md.
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/demo.smk"
+include: "workflow/rules/ingest.smk"
+
+
+rule all:
+    input:
+        get_final_outputs(),
+    default_target: True

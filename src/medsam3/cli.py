@@ -1,0 +1,122 @@
+"""The ``medsam3`` command line: discover, segment, concepts, train, evaluate, demo."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+from medsam3 import __version__
+
+
+def _cmd_discover(args: argparse.Namespace) -> int:
+    from medsam3.discover import main_discover
+
+    main_discover(args.folder, args.output, salt=args.salt)
+    return 0
+
+
+def _cmd_segment(args: argparse.Namespace) -> int:
+    from medsam3.models.build import load_model
+    from medsam3.segment_file import segment_file
+
+    model = load_model(args.backend, checkpoint=args.checkpoint, device=args.device)
+    summary = segment_file(args.input, args.prompt, args.output, model, modality=args.modality)
+    print(json.dumps(summary["concepts"], indent=2))
+    return 0
+
+
+def _cmd_concepts(args: argparse.Namespace) -> int:
+    from medsam3.concepts import load_vocabulary
+
+    for entry in load_vocabulary():
+        synonyms = ", ".join(entry.get("synonyms", []))
+        print(
+            f"{entry['concept']:<32} {entry.get('body_part', ''):<16} "
+            f"{','.join(entry.get('modalities', [])):<28} {synonyms}"
+        )
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from medsam3.train import main as train_main
+
+    train_main(args.config)
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from medsam3.evaluate import main as evaluate_main
+
+    evaluate_main(args.data, args.output, split=args.split)
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from medsam3.demo import build_demo
+
+    print(build_demo(args.output))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``medsam3`` command."""
+    parser = argparse.ArgumentParser(prog="medsam3", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"medsam3 {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("discover", help="scan a folder into a cohort table (one row per series)")
+    p.add_argument("folder")
+    p.add_argument("-o", "--output", required=True, help="cohort CSV to write")
+    p.add_argument("--salt", default="medsam3", help="salt for derived study ids")
+    p.set_defaults(func=_cmd_discover)
+
+    p = sub.add_parser("segment", help="segment concepts in one image, volume or video")
+    p.add_argument("input", help="file or DICOM series folder")
+    p.add_argument("-p", "--prompt", action="append", required=True, help="concept phrase")
+    p.add_argument("-o", "--output", required=True, help="output folder")
+    p.add_argument("--backend", default="compact", choices=["compact", "sam3"])
+    p.add_argument("--checkpoint", default=None, help="checkpoint path (default: shipped head)")
+    p.add_argument("--modality", default=None, help="override the detected modality")
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=_cmd_segment)
+
+    p = sub.add_parser("concepts", help="list the concept vocabulary")
+    p.set_defaults(func=_cmd_concepts)
+
+    p = sub.add_parser("train", help="train the compact concept head")
+    p.add_argument("--config", default="configs/train_compact.yaml")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("evaluate", help="evaluate the compact backend on a data split")
+    p.add_argument("--data", default="../shared/data", help="folder with manifest.csv")
+    p.add_argument("--split", default="test")
+    p.add_argument("-o", "--output", default="results/evaluation")
+    p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser("demo", help="build the embedded demo cohort")
+    p.add_argument("-o", "--output", default="resources/demo")
+    p.set_defaults(func=_cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; expected errors print one line and exit 1 instead of a traceback."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError, OSError) as exc:
+        if args.verbose:
+            raise
+        print(f"medsam3 {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

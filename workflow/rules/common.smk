@@ -1,0 +1,51 @@
+# Shared Python for the rules: config and cohort validation, study lookups, input functions.
+from pathlib import Path
+
+import pandas as pd
+from snakemake.utils import validate
+
+from medsam3.cohort import load_cohort, read_table
+
+validate(config, "../schemas/config.schema.yaml")
+
+OUT = config["outdir"].rstrip("/")
+DEMO_DATA = Path(workflow.basedir, "resources", "demo", "data").resolve()
+STUDY_WILDCARD = "[A-Za-z0-9][A-Za-z0-9._-]*"
+
+validate(read_table(config["cohort"]), "../schemas/cohort.schema.yaml")
+STUDIES = {s.study_id: s for s in load_cohort(config["cohort"], config["study_id_salt"])}
+
+
+wildcard_constraints:
+    study=STUDY_WILDCARD,
+
+
+def rule_resources(group):
+    """mem_mb / runtime (minutes) for a rule group from config['resources']."""
+    res = config.get("resources", {}).get(group, {})
+    return {"mem_mb": res.get("mem_mb", 4000), "runtime": res.get("runtime", 30)}
+
+
+def get_ingest_input(wildcards):
+    """The study's source (so edits trigger re-ingest), or the demo builder for demo data."""
+    source = Path(STUDIES[wildcards.study].path)
+    if DEMO_DATA in source.parents:
+        return {"demo": str(DEMO_DATA)}
+    return {"source": str(source)} if source.exists() else {}
+
+
+def get_study_path(wildcards):
+    return STUDIES[wildcards.study].path
+
+
+def get_study_modality(wildcards):
+    return STUDIES[wildcards.study].modality or ""
+
+
+def get_ingest_statuses(wildcards=None):
+    return [f"{OUT}/status/ingest/{sid}.json" for sid in STUDIES]
+
+
+def get_final_outputs():
+    """Targets of the default rule."""
+    return [f"{OUT}/reports/ingest.done"]
