@@ -1,11 +1,13 @@
 # medsam3: text-promptable concept segmentation over imaging cohorts.
 # Usage: snakemake --cores 2 [--config cohort=PATH outdir=DIR]; see README.md.
+import os
+
 from snakemake.utils import min_version
 
 min_version("9.0")
 
 
-configfile: "config.yaml"
+configfile: os.path.join(workflow.basedir, "config.yaml")
 
 
 include: "workflow/rules/common.smk"

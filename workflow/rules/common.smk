@@ -12,8 +12,20 @@ OUT = config["outdir"].rstrip("/")
 DEMO_DATA = Path(workflow.basedir, "resources", "demo", "data").resolve()
 STUDY_WILDCARD = "[A-Za-z0-9][A-Za-z0-9._-]*"
 
-validate(read_table(config["cohort"]), "../schemas/cohort.schema.yaml")
-STUDIES = {s.study_id: s for s in load_cohort(config["cohort"], config["study_id_salt"])}
+
+
+def workflow_path(path):
+    """A config path as given (relative to the working directory), else relative to the repo."""
+    if not path or Path(path).exists():
+        return path
+    in_repo = Path(workflow.basedir, path)
+    return str(in_repo) if in_repo.exists() else path
+
+
+COHORT = workflow_path(config["cohort"])
+GROUND_TRUTH = workflow_path(config.get("ground_truth") or "")
+validate(read_table(COHORT), "../schemas/cohort.schema.yaml")
+STUDIES = {s.study_id: s for s in load_cohort(COHORT, config["study_id_salt"])}
 
 
 wildcard_constraints:
