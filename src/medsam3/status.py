@@ -1,4 +1,4 @@
-"""Per-study status records (JSON written by each job) and their collection into Parquet."""
+"""Per-study status records (JSON written by each job) and the failures they carry."""
 
 from __future__ import annotations
 
@@ -6,43 +6,30 @@ import json
 from collections.abc import Iterable
 from pathlib import Path
 
-import pyarrow as pa
-import pyarrow.parquet as pq
-
-from medsam3.io.atomic import atomic_path
-
-FAILURE_COLUMNS = pa.schema(
-    [
-        pa.field("study_id", pa.string(), metadata={"description": "study id (no identifiers)"}),
-        pa.field("stage", pa.string(), metadata={"description": "ingest, segment or report"}),
-        pa.field("concept", pa.string(), metadata={"description": "concept, when per-concept"}),
-        pa.field("error", pa.string(), metadata={"description": "what went wrong and the fix"}),
-    ]
-)
-
 
 def read_statuses(paths: Iterable[str | Path]) -> list[dict]:
-    """Read status JSON files (one per study and stage)."""
+    """Read status JSON files (ingest: one per study; segment: one per shard)."""
     return [json.loads(Path(p).read_text()) for p in paths]
 
 
-def failure_rows(statuses: Iterable[dict]) -> list[dict]:
-    """Failure rows (study_id, stage, concept, error) from status records."""
-    rows = []
+def study_records(statuses: Iterable[dict]) -> list[dict]:
+    """Flatten shard statuses into per-study records (ingest statuses pass through)."""
+    records = []
     for status in statuses:
-        if status.get("status") == "failed":
-            rows.append({k: status.get(k) for k in ("study_id", "stage", "concept", "error")})
-        for failure in status.get("failures", []):  # per-concept failures inside a study
-            rows.append({"study_id": status["study_id"], "stage": status.get("stage"), **failure})
-    return rows
+        for record in status.get("studies", [status]):
+            records.append({"stage": status.get("stage"), **record})
+    return records
 
 
-def write_table_atomic(rows: list[dict], path: str | Path, schema: pa.Schema) -> Path:
-    """Write rows as a Parquet table with a fixed schema (columns exist even when empty)."""
-    table = pa.Table.from_pylist(rows, schema=schema)
-    with atomic_path(path) as tmp:
-        pq.write_table(table, tmp)
-    return Path(path)
+def failure_rows(statuses: Iterable[dict]) -> list[dict]:
+    """Rows of the failures table (``FAILURES_SCHEMA``) for failed studies in status records."""
+    from medsam3.reports import failure_row
+
+    return [
+        failure_row(r["study_id"], r["stage"], r["error"])
+        for r in study_records(statuses)
+        if r.get("status") == "failed"
+    ]
 
 
 def write_ingest_reports(status_files: Iterable[str | Path], outdir: str | Path) -> None:
@@ -52,7 +39,7 @@ def write_ingest_reports(status_files: Iterable[str | Path], outdir: str | Path)
         status_files: ``{outdir}/status/ingest/*.json``.
         outdir: output root.
     """
-    statuses = read_statuses(status_files)
-    write_table_atomic(
-        failure_rows(statuses), Path(outdir, "reports", "failures.parquet"), FAILURE_COLUMNS
-    )
+    from medsam3.reports import FAILURES_SCHEMA, write_parquet_atomic
+
+    rows = failure_rows(read_statuses(status_files))
+    write_parquet_atomic(rows, Path(outdir, "reports", "failures.parquet"), FAILURES_SCHEMA)

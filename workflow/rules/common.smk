@@ -5,13 +5,13 @@ import pandas as pd
 from snakemake.utils import validate
 
 from medsam3.cohort import load_cohort, read_table
+from medsam3.infer import shard_studies
 
 validate(config, "../schemas/config.schema.yaml")
 
 OUT = config["outdir"].rstrip("/")
 DEMO_DATA = Path(workflow.basedir, "resources", "demo", "data").resolve()
 STUDY_WILDCARD = "[A-Za-z0-9][A-Za-z0-9._-]*"
-
 
 
 def workflow_path(path):
@@ -60,4 +60,43 @@ def get_ingest_statuses(wildcards=None):
 
 def get_final_outputs():
     """Targets of the default rule."""
-    return [f"{OUT}/reports/ingest.done"]
+    return [f"{OUT}/reports/report.html"]
+
+
+SHARDS = shard_studies(list(STUDIES), config["shard_size"])
+
+
+wildcard_constraints:
+    shard="shard-[0-9]+",
+
+
+def get_shard_ingest_statuses(wildcards):
+    return [f"{OUT}/status/ingest/{sid}.json" for sid in SHARDS[wildcards.shard]]
+
+
+def get_shard_studies(wildcards):
+    """The shard's cohort rows as plain dicts (params: a change re-runs only this shard)."""
+    return [
+        {
+            "study_id": sid,
+            "path": STUDIES[sid].path,
+            "modality": STUDIES[sid].modality,
+            "concepts": list(STUDIES[sid].concepts),
+        }
+        for sid in SHARDS[wildcards.shard]
+    ]
+
+
+def get_segment_statuses(wildcards=None):
+    return [f"{OUT}/status/segment/{shard}.json" for shard in SHARDS]
+
+
+def segment_settings():
+    """The config keys segmentation depends on (a change to these re-runs the shards)."""
+    keys = ("outdir", "model", "export", "default_concepts", "report_paths")
+    return {key: config.get(key) for key in keys}
+
+
+def report_settings():
+    """The config keys the report job depends on."""
+    return {key: config.get(key) for key in ("outdir", "nsd_tolerance_mm", "dask")}

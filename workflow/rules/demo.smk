@@ -4,11 +4,11 @@ rule demo_data:
         directory(str(DEMO_DATA)),
     log:
         "logs/demo_data.log",
+    conda:
+        "../../envs/medsam3.yaml"
     threads: 1
     resources:
         mem_mb=2000,
         runtime=10,
-    conda:
-        "../../envs/medsam3.yaml"
     script:
         "../scripts/build_demo.py"

@@ -6,35 +6,32 @@ rule ingest_study:
         status=f"{OUT}/status/ingest/{{study}}.json",
     log:
         f"{OUT}/logs/ingest/{{study}}.log",
-    params:
-        path=get_study_path,
-        modality=get_study_modality,
-        outdir=OUT,
-        report_paths=config.get("report_paths", False),
+    conda:
+        "../../envs/medsam3.yaml"
     threads: 1
     resources:
         **rule_resources("ingest"),
-    conda:
-        "../../envs/medsam3.yaml"
+    params:
+        path=get_study_path,
+        modality=get_study_modality,
+        report_paths=config.get("report_paths", False),
     script:
         "../scripts/ingest_study.py"
 
 
 rule ingest_report:
-    """Collect ingest statuses into reports/studies.parquet and reports/failures.parquet."""
+    """Write reports/failures.parquet from the ingest statuses (the full report rewrites it)."""
     input:
         get_ingest_statuses(),
     output:
         done=touch(f"{OUT}/reports/ingest.done"),
     log:
         f"{OUT}/logs/ingest_report.log",
-    params:
-        outdir=OUT,
+    conda:
+        "../../envs/medsam3.yaml"
     threads: 1
     resources:
         **rule_resources("report"),
-    conda:
-        "../../envs/medsam3.yaml"
     script:
         "../scripts/ingest_report.py"
 
