@@ -9,11 +9,13 @@ so a 100k-study cohort never sits in one pandas frame.
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 
 import numpy as np
 
 from medsam3.ingest import store_path
+from medsam3.io.atomic import write_json_atomic
 from medsam3.models.inputs import concept_slug
 from medsam3.status import failure_rows, read_statuses, study_records
 
@@ -163,6 +165,7 @@ def write_reports(
         write_parquet_atomic,
     )
 
+    start = time.time()
     out = Path(cfg["outdir"])
     reports = out / "reports"
     ingest, segment = read_statuses(ingest_files), read_statuses(segment_files)
@@ -180,6 +183,7 @@ def write_reports(
     failures = failure_rows(ingest) + failure_rows(segment) + metric_failures
     write_parquet_atomic(failures, reports / "failures.parquet", FAILURES_SCHEMA)
     write_html_report(reports, reports / "report.html", _overlays(reports, cfg["outdir"]))
+    write_json_atomic(out / "status" / "report.json", {"seconds": time.time() - start})
     log.info(
         "reports: %d studies, %d segment parts, %d metrics rows, %d failures",
         len(ingest),

@@ -209,9 +209,11 @@ def segment_shard(shard: str, studies: list[Study], cfg: dict, out_status: str |
         checkpoint=model_cfg.get("checkpoint") or None,
         **_model_kwargs(model_cfg),
     )
+    load_s = time.time() - start
     records = []
     for i, study in enumerate(studies, start=1):
-        records.append(_segment_safely(study, model, cfg))
+        t0 = time.time()
+        records.append({**_segment_safely(study, model, cfg), "seconds": time.time() - t0})
         log.info("[%s %d/%d] %s: %s", shard, i, len(studies), study.study_id, records[-1]["status"])
     prov = provenance_row(
         f"segment/{shard}", model.name, model.checkpoint_digest, cfg, start, time.time()
@@ -219,7 +221,7 @@ def segment_shard(shard: str, studies: list[Study], cfg: dict, out_status: str |
     write_parquet_atomic(
         [prov], Path(cfg["outdir"], "parts", "provenance", f"{shard}.parquet"), PROVENANCE_SCHEMA
     )
-    status = {"shard": shard, "stage": "segment", "studies": records}
+    status = {"shard": shard, "stage": "segment", "model_load_s": load_s, "studies": records}
     write_json_atomic(out_status, status)
     return status
 

@@ -3,7 +3,7 @@ rule demo_data:
     output:
         directory(str(DEMO_DATA)),
     log:
-        "logs/demo_data.log",
+        f"{OUT}/logs/demo_data.log",
     conda:
         "../../envs/medsam3.yaml"
     threads: 1
