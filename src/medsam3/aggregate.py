@@ -89,15 +89,7 @@ def _metrics(cfg: dict, ground_truth: str) -> tuple[list[dict], list[dict]]:
     from medsam3.cluster import dask_client
     from medsam3.metrics import load_ground_truth
 
-    truths = [
-        {
-            **r,
-            "label_value": None
-            if r["label_value"] is None or r["label_value"] != r["label_value"]
-            else int(r["label_value"]),
-        }
-        for r in load_ground_truth(ground_truth).astype(object).to_dict("records")
-    ]
+    truths = load_ground_truth(ground_truth).to_dict("records")
     if not truths:
         return [], []
     with dask_client(cfg) as client:

@@ -1,0 +1,112 @@
+"""Schemas of the Parquet report tables, with a description for every column.
+
+Every field carries ``{"description": ...}`` in its metadata, so an empty table still has typed,
+documented columns. ``TABLE_FILES`` names each table's file inside a reports folder.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+_I64, _F64, _STR, _BOOL = pa.int64(), pa.float64(), pa.string(), pa.bool_()
+
+
+def _f(name: str, typ: pa.DataType, description: str) -> pa.Field:
+    """A schema field with its description in the field metadata."""
+    return pa.field(name, typ, nullable=True, metadata={"description": description})
+
+
+STUDIES_SCHEMA = pa.schema(
+    [
+        _f("study_id", _STR, "pseudonymous study id from the cohort table"),
+        _f("kind", _STR, "image, volume or video"),
+        _f("modality", _STR, "lower-case modality (ct, mri, xray, ...) or null"),
+        _f("shape", pa.list_(_I64), "array shape in SimpleITK voxel order (z|t, y, x[, c])"),
+        _f("spacing", pa.list_(_F64), "SimpleITK (x, y[, z]) spacing in mm"),
+        _f("origin", pa.list_(_F64), "SimpleITK (x, y[, z]) origin in mm (LPS for DICOM)"),
+        _f("frame_count", _I64, "frames (video), slices (volume) or 1 (image)"),
+        _f("source_digest", _STR, "sha256 over the source file bytes"),
+        _f("status", _STR, "ok, failed or skipped"),
+        _f("error", _STR, "scrubbed error message when status is not ok"),
+    ]
+)
+
+SEGMENTS_SCHEMA = pa.schema(
+    [
+        _f("study_id", _STR, "pseudonymous study id"),
+        _f("concept", _STR, "concept phrase as prompted"),
+        _f("level", _STR, "'concept' (union of instances) or 'instance'"),
+        _f("instance", _I64, "instance number (1-based; null on concept rows)"),
+        _f("presence", _F64, "model presence probability of the concept in the study"),
+        _f("score", _F64, "instance score; on concept rows the best instance score"),
+        _f("n_instances", _I64, "instances in the concept mask (concept rows)"),
+        _f("n_components", _I64, "26/8-connected components (scipy.ndimage.label, full)"),
+        _f("voxels", _I64, "foreground voxels (pixels for images; all frames for video)"),
+        _f("volume_ml", _F64, "voxels x voxel volume / 1000 (volumes only)"),
+        _f("area_px", _I64, "foreground pixels (images only)"),
+        _f(
+            "area_mm2", _F64, "pixels x pixel area in mm^2 (images; equals area_px at unit spacing)"
+        ),
+        _f("bbox_voxel", pa.list_(_I64), "(x0, y0[, z0], x1, y1[, z1]) index box, ends exclusive"),
+        _f("bbox_mm", pa.list_(_F64), "world-axis box (min xyz, max xyz) of extreme voxel centres"),
+        _f("centroid_voxel", pa.list_(_F64), "centre of mass, continuous index (x, y[, z])"),
+        _f("centroid_mm", pa.list_(_F64), "centre of mass in physical mm (x, y[, z])"),
+        _f("slices", pa.list_(_I64), "slice indices (z) holding foreground (volumes)"),
+        _f("frames", pa.list_(_I64), "frame indices (t) holding foreground (videos)"),
+        _f("frame_pixels", pa.list_(_I64), "foreground pixels per frame, all frames (videos)"),
+        _f("backend", _STR, "segmentation backend"),
+        _f("checkpoint_digest", _STR, "sha256 of the checkpoint"),
+    ]
+)
+
+METRICS_SCHEMA = pa.schema(
+    [
+        _f("study_id", _STR, "pseudonymous study id"),
+        _f("concept", _STR, "concept phrase"),
+        _f("dice", _F64, "Dice; 1 when both masks are empty, 0 when one is"),
+        _f("iou", _F64, "intersection over union; same empty-mask rules as dice"),
+        _f("nsd", _F64, "normalised surface Dice at nsd_tolerance_mm (MONAI, sub-voxel)"),
+        _f("hd95", _F64, "95th percentile Hausdorff distance in mm; 0 both empty, NaN one empty"),
+        _f("nsd_tolerance_mm", _F64, "NSD tolerance in mm"),
+        _f("pred_voxels", _I64, "predicted foreground voxels"),
+        _f("truth_voxels", _I64, "ground-truth foreground voxels"),
+        _f("presence", _F64, "model presence probability"),
+        _f("pred_present", _BOOL, "presence >= the presence threshold"),
+        _f("truth_present", _BOOL, "ground truth has foreground"),
+        _f("presence_correct", _BOOL, "pred_present == truth_present"),
+    ]
+)
+
+FAILURES_SCHEMA = pa.schema(
+    [
+        _f("study_id", _STR, "pseudonymous study id"),
+        _f("stage", _STR, "pipeline stage that failed (ingest, segment, export, metrics, ...)"),
+        _f("error", _STR, "error type and scrubbed message (no UIDs or dates)"),
+        _f("time", _STR, "UTC ISO-8601 time the failure was recorded"),
+    ]
+)
+
+PROVENANCE_SCHEMA = pa.schema(
+    [
+        _f("job", _STR, "job name"),
+        _f("package_version", _STR, "medsam3.__version__"),
+        _f("git_commit", _STR, "source commit ('-dirty' when modified), null outside git"),
+        _f("config_sha256", _STR, "sha256 of the canonical JSON config"),
+        _f("backend", _STR, "segmentation backend"),
+        _f("checkpoint_digest", _STR, "sha256 of the checkpoint"),
+        _f("start", _STR, "UTC ISO-8601 start"),
+        _f("end", _STR, "UTC ISO-8601 end"),
+        _f("duration_s", _F64, "end - start in seconds"),
+        _f("host", _STR, "host name"),
+        _f("python_version", _STR, "Python version"),
+        _f("torch_version", _STR, "torch version, null without torch"),
+    ]
+)
+
+TABLE_FILES = {
+    "studies": ("studies.parquet", STUDIES_SCHEMA),
+    "segments": ("segments.parquet", SEGMENTS_SCHEMA),
+    "metrics": ("metrics.parquet", METRICS_SCHEMA),
+    "failures": ("failures.parquet", FAILURES_SCHEMA),
+    "provenance": ("provenance.parquet", PROVENANCE_SCHEMA),
+}
