@@ -1,0 +1,114 @@
+"""Readers for SimpleITK formats (NIfTI, NRRD, MetaImage) and 2D images (PNG, JPEG, TIFF).
+
+SimpleITK returns NIfTI geometry already converted to its LPS convention, so spacing, origin
+and direction here mean the same as for DICOM. 2D images get spacing (1, 1): their files carry
+no trustworthy physical size (a DPI is not a pixel spacing).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+from PIL import Image, UnidentifiedImageError
+
+from medsam3.io.common import ReadError, check_finite, scrub
+from medsam3.io.image import MedImage
+
+SITK_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+_GRAY_MODES = {"L": np.uint8, "I;16": np.uint16, "I;16B": np.uint16, "I;16L": np.uint16,
+               "I": np.int32, "F": np.float32}  # fmt: skip
+
+
+def suffix_of(path: Path) -> str:
+    """Lower-case file suffix, with ".nii.gz" kept whole."""
+    name = path.name.lower()
+    return ".nii.gz" if name.endswith(".nii.gz") else path.suffix.lower()
+
+
+def read_sitk(path: Path) -> MedImage:
+    """Read a NIfTI / NRRD / MetaImage file with SimpleITK.
+
+    Args:
+        path: .nii, .nii.gz, .nrrd, .nhdr, .mha or .mhd file.
+
+    Returns:
+        MedImage: 3D -> "volume" (z, y, x), 2D -> "image" (y, x); vector pixels become a last
+        channel axis; spacing/origin/direction as SimpleITK reports them (LPS, x-y-z order).
+
+    Raises:
+        ReadError: unreadable file, or a 4D / 1D image.
+    """
+    try:
+        img = sitk.ReadImage(str(path))
+    except RuntimeError as exc:
+        raise ReadError(
+            f"{path}: SimpleITK cannot read it ({scrub(exc.args[0].splitlines()[-1])}); "
+            "check that the file is complete and its extension matches its format"
+        ) from exc
+    dim = img.GetDimension()
+    if dim not in (2, 3):
+        raise ReadError(
+            f"{path}: {dim}D image; give a 2D image or 3D volume (split 4D series into 3D files)"
+        )
+    if suffix_of(path) in (".nii", ".nii.gz") and "float" in img.GetPixelIDTypeAsString():
+        _check_nifti_nans(path)
+    return MedImage.from_sitk(img, kind="volume" if dim == 3 else "image")
+
+
+def _check_nifti_nans(path: Path) -> None:
+    """Raise ReadError for NaN voxels in a float NIfTI.
+
+    SimpleITK's NIfTI reader silently turns NaN into 0, so the stored values are checked with
+    nibabel (a second read, done for float NIfTI files only).
+    """
+    import nibabel as nib
+
+    check_finite(np.asanyarray(nib.load(path).dataobj), str(path))
+
+
+def _pil_to_array(im: Image.Image) -> np.ndarray:
+    """Grayscale modes -> (y, x) in their own dtype; everything else -> (y, x, 3) uint8 RGB."""
+    if im.mode in _GRAY_MODES:
+        return np.asarray(im, dtype=_GRAY_MODES[im.mode])
+    if im.mode in ("1", "LA", "La"):
+        return np.asarray(im.convert("L"), dtype=np.uint8)
+    return np.asarray(im.convert("RGB"), dtype=np.uint8)
+
+
+def read_2d(path: Path) -> MedImage:
+    """Read a PNG / JPEG / TIFF / BMP image with Pillow.
+
+    Args:
+        path: the image file.
+
+    Returns:
+        MedImage of kind "image": grayscale -> (y, x) (uint8, uint16, int32 or float32 as
+        stored), colour -> (y, x, 3) uint8 RGB with alpha dropped; spacing (1, 1), zero
+        origin, identity direction. Multi-page TIFFs: the first page, with a warning.
+
+    Raises:
+        ReadError: not a decodable image.
+    """
+    warnings = []
+    try:
+        with Image.open(path) as im:
+            if getattr(im, "n_frames", 1) > 1:
+                warnings.append(f"multi-page image: only the first of {im.n_frames} pages read")
+            if im.mode in ("RGBA", "LA", "PA") or "transparency" in im.info:
+                warnings.append("alpha channel dropped")
+            array = _pil_to_array(im)
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise ReadError(
+            f"{path}: not a readable image ({scrub(exc)}); re-save it as PNG or TIFF"
+        ) from exc
+    return MedImage(
+        array=np.ascontiguousarray(array),
+        kind="image",
+        spacing=(1.0, 1.0),
+        origin=(0.0, 0.0),
+        direction=(1.0, 0.0, 0.0, 1.0),
+        warnings=warnings,
+    )
