@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -26,3 +28,34 @@ def shared_data() -> Path:
 def repo_root() -> Path:
     """The repository root."""
     return REPO
+
+
+SLURM_SETUP = REPO / ".ci" / "slurm" / "setup.sh"
+
+
+def _node_ready() -> bool:
+    if shutil.which("sinfo") is None:
+        return False
+    res = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=30)
+    up = {"idle", "mixed", "allocated", "completing"}
+    return res.returncode == 0 and bool(up & set(res.stdout.split()))
+
+
+def _unavailable(reason: str):
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"CI=true but SLURM is unavailable: {reason}")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster() -> None:
+    """A running local SLURM cluster; started with .ci/slurm/setup.sh when root."""
+    if _node_ready():
+        return
+    if os.geteuid() != 0:
+        _unavailable("SLURM is not running and starting it needs root: sudo .ci/slurm/setup.sh")
+    if shutil.which("slurmctld") is None and shutil.which("apt-get") is None:
+        _unavailable("SLURM is not installed and apt-get is unavailable to install it")
+    res = subprocess.run(["bash", str(SLURM_SETUP)], capture_output=True, text=True, timeout=900)
+    if res.returncode != 0 or not _node_ready():
+        _unavailable(f".ci/slurm/setup.sh failed (rc={res.returncode}):\n{res.stderr[-3000:]}")
