@@ -227,7 +227,12 @@ def segment_shard(shard: str, studies: list[Study], cfg: dict, out_status: str |
 
 
 def _model_kwargs(model_cfg: dict) -> dict:
-    kwargs = {"device": model_cfg.get("device", "cpu")}
+    device = model_cfg.get("device") or "auto"
+    if device == "auto":
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    kwargs = {"device": device}
     if model_cfg.get("lora"):
         kwargs["lora"] = model_cfg["lora"]
     return kwargs
