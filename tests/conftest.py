@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,23 @@ def shared_data() -> Path:
     if not (SHARED_DATA / "manifest.csv").is_file():
         pytest.skip(f"shared data set not found at {SHARED_DATA} (set MEDSAM3_SHARED_DATA)")
     return SHARED_DATA
+
+
+def snakemake_cmd(workdir: Path, *args: str) -> list[str]:
+    """Command line running the repository's Snakefile in ``workdir`` on 2 local cores."""
+    snakefile = str(REPO / "Snakefile")
+    return [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "-s",
+        snakefile,
+        "-d",
+        str(workdir),
+        "--cores",
+        "2",
+        *args,
+    ]
 
 
 @pytest.fixture(scope="session")

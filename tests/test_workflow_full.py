@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 
 import highdicom as hd
@@ -14,6 +13,7 @@ import pandas as pd
 import pydicom
 import pytest
 import SimpleITK as sitk
+from conftest import snakemake_cmd
 from PIL import Image
 
 from medsam3.demo import write_dicom_series
@@ -47,33 +47,17 @@ def _cohort(root, n_images: int):
     return root / "cohort.csv"
 
 
-def _cmd(repo, root, out, *extra):
-    return [
-        sys.executable,
-        "-m",
-        "snakemake",
-        "-s",
-        str(repo / "Snakefile"),
-        "-d",
-        str(root),
-        "--cores",
-        "2",
-        "--config",
-        f"cohort={root / 'cohort.csv'}",
-        f"outdir={out}",
-        "ground_truth=",
-        "shard_size=1",
-        "export=[nifti,png,dicom-seg]",
-        *extra,
-    ]
+def _cmd(root, out, *extra):
+    config = [f"cohort={root / 'cohort.csv'}", f"outdir={out}", "ground_truth=", "shard_size=1"]
+    return snakemake_cmd(root, "--config", *config, "export=[nifti,png,dicom-seg]", *extra)
 
 
 @pytest.fixture(scope="module")
-def full_run(tmp_path_factory, repo_root):
+def full_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("full")
     _cohort(root, n_images=2)
     out = root / "out"
-    proc = subprocess.run(_cmd(repo_root, root, out), capture_output=True, text=True, timeout=1800)
+    proc = subprocess.run(_cmd(root, out), capture_output=True, text=True, timeout=1800)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return root, out
 
@@ -113,12 +97,12 @@ def test_exports_keep_source_geometry(full_run):
     assert referenced == sources
 
 
-def test_sigkill_then_rerun_finishes_without_recomputing(tmp_path, repo_root):
+def test_sigkill_then_rerun_finishes_without_recomputing(tmp_path):
     root = tmp_path
     _cohort(root, n_images=4)
     out = root / "out"
     proc = subprocess.Popen(
-        _cmd(repo_root, root, out),
+        _cmd(root, out),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,
@@ -131,9 +115,9 @@ def test_sigkill_then_rerun_finishes_without_recomputing(tmp_path, repo_root):
     proc.wait()
     finished = {p.name: p.stat().st_mtime_ns for p in seg_dir.glob("*.json")}
     assert finished, "no shard finished before the kill"
-    subprocess.run(_cmd(repo_root, root, out, "--unlock"), capture_output=True, timeout=300)
+    subprocess.run(_cmd(root, out, "--unlock"), capture_output=True, timeout=300)
     rerun = subprocess.run(
-        _cmd(repo_root, root, out, "--rerun-incomplete"),
+        _cmd(root, out, "--rerun-incomplete"),
         capture_output=True,
         text=True,
         timeout=1800,

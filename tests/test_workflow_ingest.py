@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import sys
 
 import numpy as np
 import pandas as pd
 import pytest
 import SimpleITK as sitk
+from conftest import snakemake_cmd
 from PIL import Image
 
 from medsam3.demo import FAKE_PATIENT, write_dicom_series
@@ -58,30 +58,20 @@ def _make_cohort(root):
     return root / "cohort.csv"
 
 
-def _snakemake(repo, workdir, *args):
-    cmd = [
-        sys.executable,
-        "-m",
-        "snakemake",
-        "-s",
-        str(repo / "Snakefile"),
-        "-d",
-        str(workdir),
-        "--cores",
-        "2",
-        *args,
-    ]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+def _snakemake(workdir, *args):
+    return subprocess.run(
+        snakemake_cmd(workdir, *args), capture_output=True, text=True, timeout=600
+    )
 
 
 @pytest.fixture(scope="module")
-def ingest_run(tmp_path_factory, repo_root):
+def ingest_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("cohort")
     cohort = _make_cohort(root)
     out = root / "out"
     config = ["--config", f"cohort={cohort}", f"outdir={out}", "ground_truth="]
-    first = _snakemake(repo_root, root, "ingest", *config)
-    second = _snakemake(repo_root, root, "ingest", *config)
+    first = _snakemake(root, "ingest", *config)
+    second = _snakemake(root, "ingest", *config)
     return out, first, second
 
 
