@@ -54,7 +54,13 @@ SLURM_SETUP = REPO / ".ci" / "slurm" / "setup.sh"
 def _node_ready() -> bool:
     if shutil.which("sinfo") is None:
         return False
-    res = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=30)
+    res = subprocess.run(
+        ["sinfo", "-h", "-o", "%T"],
+        capture_output=True,
+        encoding="utf-8",
+        errors="replace",
+        timeout=30,
+    )
     up = {"idle", "mixed", "allocated", "completing"}
     return res.returncode == 0 and bool(up & set(res.stdout.split()))
 
@@ -74,6 +80,12 @@ def slurm_cluster() -> None:
         _unavailable("SLURM is not running and starting it needs root: sudo .ci/slurm/setup.sh")
     if shutil.which("slurmctld") is None and shutil.which("apt-get") is None:
         _unavailable("SLURM is not installed and apt-get is unavailable to install it")
-    res = subprocess.run(["bash", str(SLURM_SETUP)], capture_output=True, text=True, timeout=900)
+    res = subprocess.run(
+        ["bash", str(SLURM_SETUP)],
+        capture_output=True,
+        encoding="utf-8",
+        errors="replace",
+        timeout=900,
+    )
     if res.returncode != 0 or not _node_ready():
         _unavailable(f".ci/slurm/setup.sh failed (rc={res.returncode}):\n{res.stderr[-3000:]}")

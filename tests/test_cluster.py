@@ -120,7 +120,10 @@ def test_slurm_cluster_runs_on_slurm(tmp_path):
         assert len(job_ids) == 1 and None not in job_ids, job_ids
         (job_id,) = job_ids
         queue = subprocess.run(
-            ["squeue", "-h", "-j", job_id, "-o", "%T %P"], capture_output=True, text=True
+            ["squeue", "-h", "-j", job_id, "-o", "%T %P"],
+            capture_output=True,
+            encoding="utf-8",
+            errors="replace",
         ).stdout.split()
         assert queue == ["RUNNING", "cpu"]
         ddf = dd.read_parquet(str(tmp_path / "*.parquet"))
@@ -136,5 +139,10 @@ def test_slurm_cluster_runs_on_slurm(tmp_path):
 
 
 def _squeue_lists(job_id: str) -> bool:
-    out = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True)
+    out = subprocess.run(
+        ["squeue", "-h", "-j", job_id, "-o", "%T"],
+        capture_output=True,
+        encoding="utf-8",
+        errors="replace",
+    )
     return out.stdout.strip() in ("RUNNING", "PENDING", "COMPLETING")

@@ -112,7 +112,9 @@ def _tiny_workflow(root: Path) -> Path:
 def _snakemake(workdir: Path, *args: str, slurm: bool = True, timeout: int = 600):
     mode = ["--profile", str(PROFILE)] if slurm else ["--cores", "2"]
     cmd = [sys.executable, "-m", "snakemake", "-d", str(workdir), *mode, *args]
-    return subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        cmd, cwd=workdir, capture_output=True, encoding="utf-8", errors="replace", timeout=timeout
+    )
 
 
 def _sacct(job_ids) -> dict[str, dict[str, str]]:
@@ -120,7 +122,8 @@ def _sacct(job_ids) -> dict[str, dict[str, str]]:
     out = subprocess.run(
         ["sacct", "-n", "-X", "-P", "-o", ",".join(fields), "-j", ",".join(job_ids)],
         capture_output=True,
-        text=True,
+        encoding="utf-8",
+        errors="replace",
         check=True,
     ).stdout
     rows = [dict(zip(fields, line.split("|"), strict=True)) for line in out.splitlines()]
@@ -182,7 +185,9 @@ def test_production_profile_plans_grouped_jobs(tmp_path):
     env["MEDSAM3_SLURM_GPU_PARTITION"] = "gpu"
     cmd = [sys.executable, "-m", "snakemake", "-d", str(root), "-n"]
     cmd += ["--profile", str(REPO / "profiles" / "slurm")]
-    res = subprocess.run(cmd, cwd=root, capture_output=True, text=True, env=env, timeout=300)
+    res = subprocess.run(
+        cmd, cwd=root, capture_output=True, encoding="utf-8", errors="replace", env=env, timeout=300
+    )
     log = res.stdout + res.stderr
     assert res.returncode == 0, log[-3000:]
     assert re.search(r"ingest_study\s+6\n", log) and re.search(r"segment_shard\s+2\n", log), log

@@ -57,7 +57,9 @@ def full_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("full")
     _cohort(root, n_images=2)
     out = root / "out"
-    proc = subprocess.run(_cmd(root, out), capture_output=True, text=True, timeout=1800)
+    proc = subprocess.run(
+        _cmd(root, out), capture_output=True, encoding="utf-8", errors="replace", timeout=1800
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     return root, out
 
@@ -119,7 +121,8 @@ def test_sigkill_then_rerun_finishes_without_recomputing(tmp_path):
     rerun = subprocess.run(
         _cmd(root, out, "--rerun-incomplete"),
         capture_output=True,
-        text=True,
+        encoding="utf-8",
+        errors="replace",
         timeout=1800,
     )
     assert rerun.returncode == 0, rerun.stderr[-4000:]

@@ -60,7 +60,11 @@ def _make_cohort(root):
 
 def _snakemake(workdir, *args):
     return subprocess.run(
-        snakemake_cmd(workdir, *args), capture_output=True, text=True, timeout=600
+        snakemake_cmd(workdir, *args),
+        capture_output=True,
+        encoding="utf-8",
+        errors="replace",
+        timeout=600,
     )
 
 

@@ -147,7 +147,9 @@ def segment_study(study: Study, model: Segmenter, cfg: dict) -> dict:
     from medsam3.io.zarr_store import read_label, read_study
     from medsam3.reports import SEGMENTS_SCHEMA, segment_rows, write_parquet_atomic
 
-    ingest = json.loads(status_path(cfg["outdir"], "ingest", study.study_id).read_text())
+    ingest = json.loads(
+        status_path(cfg["outdir"], "ingest", study.study_id).read_text(encoding="utf-8")
+    )
     if ingest.get("status") != "ok":
         return {"study_id": study.study_id, "status": "skipped", "error": "ingest failed"}
     store = store_path(cfg["outdir"], study.study_id)

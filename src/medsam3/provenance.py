@@ -42,7 +42,14 @@ def git_commit(repo: Path = _REPO) -> str | None:
         or outside a work tree (e.g. an installed wheel).
     """
     try:
-        run = dict(cwd=repo, capture_output=True, text=True, timeout=10, check=True)
+        run = dict(
+            cwd=repo,
+            capture_output=True,
+            encoding="utf-8",
+            errors="replace",
+            timeout=10,
+            check=True,
+        )
         commit = subprocess.run(["git", "rev-parse", "HEAD"], **run).stdout.strip()
         status = subprocess.run(["git", "status", "--porcelain", "-uno"], **run).stdout
     except (OSError, subprocess.SubprocessError):

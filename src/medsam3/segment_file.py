@@ -52,7 +52,7 @@ def segment_file(
         "checkpoint_digest": model.checkpoint_digest,
         "concepts": {c: _write_concept(r, image, outdir) for c, r in results.items()},
     }
-    (outdir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (outdir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     return summary
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 def read_statuses(paths: Iterable[str | Path]) -> list[dict]:
     """Read status JSON files (ingest: one per study; segment: one per shard)."""
-    return [json.loads(Path(p).read_text()) for p in paths]
+    return [json.loads(Path(p).read_text(encoding="utf-8")) for p in paths]
 
 
 def study_records(statuses: Iterable[dict]) -> list[dict]:

@@ -76,7 +76,7 @@ def read_dcmlist(path: Path) -> list[Path]:
     Raises:
         ReadError: the list is empty or names files that do not exist.
     """
-    lines = [ln.strip() for ln in path.read_text().splitlines()]
+    lines = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines()]
     entries = [ln for ln in lines if ln and not ln.startswith("#")]
     paths = [p if p.is_absolute() else path.parent / p for p in map(Path, entries)]
     if not paths:

@@ -114,7 +114,7 @@ def _folder_fps(folder: Path) -> float | None:
     for meta in (folder / "video.json", folder.parent / "video.json"):
         if meta.is_file():
             try:
-                fps = json.loads(meta.read_text()).get("fps")
+                fps = json.loads(meta.read_text(encoding="utf-8")).get("fps")
             except (ValueError, AttributeError):
                 return None
             return float(fps) if fps else None

@@ -49,7 +49,7 @@ def weight_files(folder: Path) -> list[Path]:
         return [single]
     index = folder / "model.safetensors.index.json"
     if index.is_file():
-        names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        names = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
         missing = [n for n in names if not (folder / n).is_file()]
         if missing:
             raise CheckpointError(f"{folder}: shards listed in {index.name} are missing: {missing}")
@@ -89,7 +89,7 @@ def check_checkpoint_dir(checkpoint: str | Path | None) -> tuple[Path, dict]:
     if not config_path.is_file():
         raise CheckpointError(f"{folder} has no config.json; expected {EXPECTED_FILES}")
     try:
-        config = json.loads(config_path.read_text())
+        config = json.loads(config_path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
         raise CheckpointError(f"{config_path} is not valid JSON: {err}") from err
     if config.get("model_type") not in MODEL_TYPES:

@@ -1,0 +1,125 @@
+"""The compact backend end to end: real LiteMedSAM, MiniLM and the shipped concept head."""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from medsam3 import load_model
+from medsam3.models.base import ConceptResult
+from medsam3.models.inputs import InputError
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.set_num_threads(2)
+    return load_model(backend="compact")
+
+
+@pytest.fixture(scope="module")
+def encoder_calls(model):
+    calls = []
+    handle = model.sam.net.image_encoder.register_forward_hook(lambda *a: calls.append(1))
+    yield calls
+    handle.remove()
+
+
+@pytest.fixture(scope="module")
+def mri_slice() -> np.ndarray:
+    from nilearn.datasets import load_mni152_template
+
+    vol = load_mni152_template().get_fdata().astype(np.float32)
+    return np.ascontiguousarray(np.rot90(vol[:, :, vol.shape[2] // 2]))
+
+
+def test_segment_mri_slice_shapes_and_encode_once(model, encoder_calls, mri_slice):
+    before = len(encoder_calls)
+    phrases = ["brain", "polyp", "fetal head", "zorbly quantum gizmo"]
+    res = model.segment(mri_slice, phrases, modality="mri")
+    assert len(encoder_calls) - before == 1, "four phrases must share one image encoding"
+    assert list(res) == phrases
+    for r in res.values():
+        assert isinstance(r, ConceptResult)
+        assert r.mask.shape == mri_slice.shape and r.mask.dtype == np.uint8
+        assert set(np.unique(r.mask)) <= {0, 1}
+        assert 0.0 <= r.presence <= 1.0
+        for inst in r.instances:
+            assert inst.mask.shape == mri_slice.shape and inst.mask.dtype == bool
+            x0, y0, x1, y1 = inst.box
+            assert 0 <= x0 < x1 <= mri_slice.shape[1] and 0 <= y0 < y1 <= mri_slice.shape[0]
+    assert res["zorbly quantum gizmo"].nearest_known, "unknown phrases name their nearest concepts"
+    assert res["polyp"].nearest_known == []
+    assert res["polyp"].presence < 0.5, "no polyp in a brain MRI"
+
+
+def test_ct_phrases_share_encodings_per_window(model, encoder_calls):
+    import pydicom
+    from pydicom.data import get_testdata_file
+
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    hu = ds.pixel_array.astype(np.float32) * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
+    before = len(encoder_calls)
+    res = model.segment(hu, ["liver", "hepatic tumor", "kidney", "spleen"], modality="ct")
+    # liver / hepatic -> liver window; kidney / spleen -> soft-tissue window
+    assert len(encoder_calls) - before == 2
+    assert all(r.mask.shape == hu.shape for r in res.values())
+
+
+def test_box_prompt_goes_to_the_decoder(model):
+    img = np.zeros((96, 128, 3), np.uint8)
+    img[30:70, 40:90] = (200, 120, 90)
+    res = model.segment(img, ["skin lesion"], boxes={"skin lesion": [[36, 26, 94, 74]]})
+    mask = res["skin lesion"].mask.astype(bool)
+    assert res["skin lesion"].extra["prompt"] == "box"
+    inside = mask[30:70, 40:90].mean()
+    assert inside > 0.7 and mask.sum() < 1.5 * 40 * 50
+
+
+def test_bad_inputs_raise_clear_errors(model, tmp_path):
+    img = np.zeros((32, 32), np.float32)
+    with pytest.raises(InputError, match="empty"):
+        model.segment(img, ["  "])
+    with pytest.raises(InputError, match="channels"):
+        model.segment(np.zeros((32, 32, 2), np.uint8), ["liver"], kind="image")
+    with pytest.raises(InputError):
+        model.segment(np.zeros((4, 32, 32, 2), np.uint8), ["liver"])
+    bad = tmp_path / "head.pt"
+    bad.write_bytes(pickle.dumps({"weights": [1, 2, 3]}))
+    with pytest.raises(ValueError, match="safetensors"):
+        load_model(backend="compact", checkpoint=str(bad))
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_model(backend="compact", checkpoint=str(tmp_path / "missing.safetensors"))
+
+
+def test_nan_pixels_are_replaced_not_propagated(model):
+    img = np.random.default_rng(0).normal(size=(48, 40)).astype(np.float32)
+    img[5:9, 5:9] = np.nan
+    res = model.segment(img, ["lung"], modality="xray")
+    assert res["lung"].mask.shape == img.shape
+    assert np.isfinite(res["lung"].presence)
+
+
+@pytest.mark.shared_data
+def test_real_test_images_fetal_head_and_negative(model, shared_data):
+    import csv
+
+    from PIL import Image
+
+    rows = [
+        r
+        for r in csv.DictReader(open(shared_data / "manifest.csv"))
+        if r["split"] == "test" and r["concept"] == "fetal head"
+    ][:2]
+    dices = []
+    for r in rows:
+        img = np.asarray(Image.open(shared_data / r["image"]))
+        gt = np.asarray(Image.open(shared_data / r["mask"])) > 127
+        res = model.segment(img, ["fetal head", "retinal vessel"], modality="ultrasound")
+        pred = res["fetal head"].mask.astype(bool)
+        dices.append(2 * (pred & gt).sum() / (pred.sum() + gt.sum()))
+        assert res["retinal vessel"].presence < 0.5
+        assert res["fetal head"].presence > 0.5
+    assert np.mean(dices) > 0.7, dices
