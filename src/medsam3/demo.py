@@ -88,6 +88,7 @@ def write_dicom_series(image: sitk.Image, folder: Path, modality: str = "MR") ->
     series_uid = pydicom.uid.generate_uid()
     study_uid = pydicom.uid.generate_uid()
     common = {
+        "0020|0052": pydicom.uid.generate_uid(),  # FrameOfReferenceUID
         "0008|0060": modality,
         "0020|000d": study_uid,
         "0020|000e": series_uid,

@@ -162,10 +162,14 @@ def segment_study(study: Study, model: Segmenter, cfg: dict) -> dict:
         )
         for result in results.values():
             _store_result(store, result, model)
-    rows = []
+    rows, export_errors = [], []
     for phrase in concepts:
         label, attrs = read_label(store, concept_slug(phrase))
-        _export(label, image, phrase, study, cfg)
+        try:
+            _export(label, image, phrase, study, cfg)
+        except Exception as exc:  # noqa: BLE001 - the mask is stored; the export failure is recorded
+            log.exception("export of %s / %s failed", study.study_id, phrase)
+            export_errors.append(f"{phrase}: {type(exc).__name__}: {exc}")
         rows += segment_rows(
             study.study_id,
             phrase,
@@ -185,6 +189,7 @@ def segment_study(study: Study, model: Segmenter, cfg: dict) -> dict:
         "concepts": concepts,
         "computed": todo,
         "error": None,
+        "export_errors": [scrub(e, study, cfg.get("report_paths", False)) for e in export_errors],
     }
 
 

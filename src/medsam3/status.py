@@ -22,14 +22,16 @@ def study_records(statuses: Iterable[dict]) -> list[dict]:
 
 
 def failure_rows(statuses: Iterable[dict]) -> list[dict]:
-    """Rows of the failures table (``FAILURES_SCHEMA``) for failed studies in status records."""
+    """Rows of the failures table (``FAILURES_SCHEMA``): failed studies and failed exports."""
     from medsam3.reports import failure_row
 
-    return [
-        failure_row(r["study_id"], r["stage"], r["error"])
-        for r in study_records(statuses)
-        if r.get("status") == "failed"
-    ]
+    rows = []
+    for record in study_records(statuses):
+        if record.get("status") == "failed":
+            rows.append(failure_row(record["study_id"], record["stage"], record["error"]))
+        for error in record.get("export_errors", []):
+            rows.append(failure_row(record["study_id"], "export", error))
+    return rows
 
 
 def write_ingest_reports(status_files: Iterable[str | Path], outdir: str | Path) -> None:
