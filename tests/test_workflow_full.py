@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -99,6 +100,14 @@ def test_exports_keep_source_geometry(full_run):
     assert referenced == sources
 
 
+def _stored_labels(out) -> dict[str, int]:
+    """study_id -> mtime of its stored label's metadata, for studies segmented so far."""
+    found = {}
+    for meta in out.glob("zarr/*.zarr/labels/*/zarr.json"):
+        found[meta.parents[2].name.removesuffix(".zarr")] = meta.stat().st_mtime_ns
+    return found
+
+
 def test_sigkill_then_rerun_finishes_without_recomputing(tmp_path):
     root = tmp_path
     _cohort(root, n_images=4)
@@ -109,14 +118,13 @@ def test_sigkill_then_rerun_finishes_without_recomputing(tmp_path):
         stderr=subprocess.DEVNULL,
         start_new_session=True,
     )
-    seg_dir = out / "status" / "segment"
     deadline = time.time() + 900
-    while time.time() < deadline and len(list(seg_dir.glob("*.json"))) < 1:
+    while time.time() < deadline and not _stored_labels(out):
         time.sleep(0.5)
     os.killpg(proc.pid, signal.SIGKILL)  # the Snakemake process and its running jobs
     proc.wait()
-    finished = {p.name: p.stat().st_mtime_ns for p in seg_dir.glob("*.json")}
-    assert finished, "no shard finished before the kill"
+    stored = _stored_labels(out)
+    assert stored, "no study was segmented before the kill"
     subprocess.run(_cmd(root, out, "--unlock"), capture_output=True, timeout=300)
     rerun = subprocess.run(
         _cmd(root, out, "--rerun-incomplete"),
@@ -126,8 +134,13 @@ def test_sigkill_then_rerun_finishes_without_recomputing(tmp_path):
         timeout=1800,
     )
     assert rerun.returncode == 0, rerun.stderr[-4000:]
-    for name, mtime in finished.items():
-        assert (seg_dir / name).stat().st_mtime_ns == mtime, f"{name} was recomputed"
+    assert {k: v for k, v in _stored_labels(out).items() if k in stored} == stored
+    records = [
+        r
+        for p in (out / "status" / "segment").glob("*.json")
+        for r in json.loads(p.read_text(encoding="utf-8"))["studies"]
+    ]
+    assert all(r["computed"] == [] for r in records if r["study_id"] in stored)
     segments = pd.read_parquet(out / "reports" / "segments.parquet")
     concept_rows = segments[segments["level"] == "concept"]
     assert sorted(concept_rows["study_id"]) == ["ct", "img-0", "img-1", "img-2", "img-3"]
