@@ -37,6 +37,8 @@ def test_nearest_uses_meaning_not_spelling():
 
 
 def test_shipped_head_lists_the_vocabulary():
-    info = json.loads(resources.files("medsam3").joinpath("weights/compact_head.json").read_text())
+    info = json.loads(
+        resources.files("medsam3").joinpath("weights/compact_head.json").read_text(encoding="utf-8")
+    )
     assert info["concepts"] == concept_names()
     assert len(info["sha256"]) == 64

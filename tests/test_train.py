@@ -16,7 +16,9 @@ def test_tiny_training_writes_a_head_and_resumes(shared_data, tmp_path, monkeypa
     from medsam3.train import main, train
 
     monkeypatch.setenv("MEDSAM3_CACHE", str(tmp_path / "cache"))
-    config = yaml.safe_load((repo_root / "configs" / "train_compact.yaml").read_text())
+    config = yaml.safe_load(
+        (repo_root / "configs" / "train_compact.yaml").read_text(encoding="utf-8")
+    )
     config.update(
         data_root=str(shared_data),
         output=str(tmp_path / "head.safetensors"),
@@ -28,7 +30,7 @@ def test_tiny_training_writes_a_head_and_resumes(shared_data, tmp_path, monkeypa
     )
     out = train(config)
     assert out.is_file()
-    info = json.loads(out.with_suffix(".json").read_text())
+    info = json.loads(out.with_suffix(".json").read_text(encoding="utf-8"))
     assert len(info["sha256"]) == 64 and info["training"]["epoch"] == 0
     head, digest, _ = load_head(out)
     assert digest == info["sha256"]
@@ -40,7 +42,7 @@ def test_tiny_training_writes_a_head_and_resumes(shared_data, tmp_path, monkeypa
     # resume: a second run continues at epoch 1 and re-uses the cached features
     config["epochs"] = 2
     path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump(config))
+    path.write_text(yaml.safe_dump(config), encoding="utf-8")
     main(str(path))
     assert torch.load(last, weights_only=True)["epoch"] == 2
     assert len(list((tmp_path / "cache" / "features").glob("*.safetensors"))) == n_features

@@ -28,13 +28,12 @@ def _cmd_segment(args: argparse.Namespace) -> int:
 
 
 def _cmd_concepts(args: argparse.Namespace) -> int:
-    from medsam3.concepts import load_vocabulary
+    from medsam3.concepts import vocabulary_table
 
-    for entry in load_vocabulary():
-        synonyms = ", ".join(entry.get("synonyms", []))
+    print(f"{'concept':<30} {'body part':<16} {'modality':<28} synonyms")
+    for row in vocabulary_table():
         print(
-            f"{entry['concept']:<32} {entry.get('body_part', ''):<16} "
-            f"{','.join(entry.get('modalities', [])):<28} {synonyms}"
+            f"{row['concept']:<30} {row['body_part']:<16} {row['modality']:<28} {row['synonyms']}"
         )
     return 0
 
@@ -49,7 +48,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from medsam3.evaluate import main as evaluate_main
 
-    evaluate_main(args.data, args.output, split=args.split)
+    evaluate_main(args.extra)
     return 0
 
 
@@ -90,11 +89,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", default="configs/train_compact.yaml")
     p.set_defaults(func=_cmd_train)
 
-    p = sub.add_parser("evaluate", help="evaluate the compact backend on a data split")
-    p.add_argument("--data", default="../shared/data", help="folder with manifest.csv")
-    p.add_argument("--split", default="test")
-    p.add_argument("-o", "--output", default="results/evaluation")
-    p.set_defaults(func=_cmd_evaluate)
+    p = sub.add_parser(
+        "evaluate",
+        help="evaluate the compact backend on ../shared/data's test split",
+        add_help=False,
+    )
+    p.set_defaults(func=_cmd_evaluate)  # its own options: medsam3 evaluate --help
 
     p = sub.add_parser("demo", help="build the embedded demo cohort")
     p.add_argument("-o", "--output", default="resources/demo")
@@ -104,7 +104,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point; expected errors print one line and exit 1 instead of a traceback."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command != "evaluate":
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.extra = extra
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s",

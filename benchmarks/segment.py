@@ -1,0 +1,112 @@
+"""CPU cost of segmentation: seconds per 2D image for 1 and 8 concepts, and per 100-slice volume.
+
+The compact backend encodes an image once and decodes every concept from the shared features,
+so 8 concepts should cost at most ~2x one concept. Volume cost is measured on ``--slices``
+slices and extrapolated linearly to 100 slices unless ``--slices 100`` (marked "extrapolated").
+The sam3 backend is timed with random weights via ``medsam3.models.sam3.build_random_sam3`` when
+that function exists (skipped with a message otherwise).
+
+Usage:
+    python benchmarks/segment.py [--backends compact,sam3] [--scale tiny] [--slices 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+CONCEPTS = ["polyp", "liver", "kidney", "brain tumor", "lung nodule", "heart", "spleen", "cyst"]
+
+
+def real_image() -> np.ndarray:
+    """pydicom's CT_small.dcm in HU (128x128, ships with pydicom)."""
+    import pydicom
+    from pydicom.data import get_testdata_file
+
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    return ds.pixel_array.astype(np.float32) * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
+
+
+def real_volume(n: int) -> np.ndarray:
+    """n axial slices of the nilearn MNI152 template (ships with nilearn), (z, y, x) float32."""
+    from nilearn.datasets import load_mni152_template
+
+    vol = load_mni152_template().get_fdata().astype(np.float32)
+    zs = np.linspace(20, vol.shape[2] - 20, n).astype(int)
+    return np.stack([np.rot90(vol[:, :, z]) for z in zs])
+
+
+def timed(fn, repeats: int = 2) -> float:
+    """Best wall time of ``repeats`` calls, seconds."""
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def bench(model, name: str, slices: int) -> dict:
+    """Time one backend: 1 vs 8 concepts on a 2D image (MRI modality: one encoding), volume."""
+    img = real_image()
+    model.segment(img, CONCEPTS[:1], modality="mri")  # warm-up (text encoder, threads)
+    one = timed(lambda: model.segment(img, CONCEPTS[:1], modality="mri"))
+    eight = timed(lambda: model.segment(img, CONCEPTS, modality="mri"))
+    vol = real_volume(slices)
+    t_vol = timed(lambda: model.segment(vol, ["brain"], modality="mri", kind="volume"), 1)
+    out = {
+        "backend": name,
+        "s_per_image_1_concept": round(one, 3),
+        "s_per_image_8_concepts": round(eight, 3),
+        "ratio_8_to_1": round(eight / one, 3),
+        "s_per_100_slice_volume": round(t_vol * 100 / slices, 1),
+        "volume_extrapolated": slices != 100,
+    }
+    print(json.dumps(out))
+    return out
+
+
+def main() -> None:
+    """Parse arguments, run the benchmarks, print and optionally save JSON."""
+    import torch
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--backends", default="compact,sam3")
+    ap.add_argument("--scale", default="tiny", choices=["tiny", "full"])
+    ap.add_argument("--slices", type=int, default=4)
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+    torch.set_num_threads(2)
+    results = []
+    for backend in args.backends.split(","):
+        if backend == "compact":
+            from medsam3 import load_model
+
+            results.append(bench(load_model("compact"), "compact", args.slices))
+        elif backend == "sam3":
+            try:
+                from medsam3.models.sam3 import build_random_sam3
+            except ImportError:
+                print("sam3: medsam3.models.sam3.build_random_sam3 not found; skipped")
+                continue
+            model = build_random_sam3(scale=args.scale)
+            results.append(bench(model, f"sam3-random-{args.scale}", args.slices))
+    for r in results:
+        print(
+            f"{r['backend']}: 1 concept {r['s_per_image_1_concept']} s, 8 concepts "
+            f"{r['s_per_image_8_concepts']} s (ratio {r['ratio_8_to_1']}, goal <= 2); "
+            f"100-slice volume {r['s_per_100_slice_volume']} s"
+            + (" (extrapolated)" if r["volume_extrapolated"] else "")
+        )
+    if args.out:
+        Path(args.out).write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,130 @@
+"""The concept vocabulary: canonical names, synonyms, modalities, body parts, nearest matches.
+
+The vocabulary ships as ``medsam3/data/vocabulary.json``. Any phrase can be segmented (its MiniLM
+embedding drives the compact head); the vocabulary only names what the head was trained on and
+answers "which known concepts are closest to this phrase".
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib import resources
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Concept:
+    """One vocabulary entry.
+
+    Attributes:
+        concept: canonical name (lower case).
+        synonyms: alternative phrases that resolve to it.
+        modality: modalities it was annotated in.
+        body_part: main body part.
+    """
+
+    concept: str
+    synonyms: tuple[str, ...]
+    modality: tuple[str, ...]
+    body_part: str
+
+
+def _norm(phrase: str) -> str:
+    return " ".join(phrase.lower().replace("_", " ").split())
+
+
+@lru_cache(maxsize=1)
+def load_vocabulary() -> tuple[Concept, ...]:
+    """Read the shipped vocabulary.
+
+    Returns:
+        Concepts sorted by name.
+    """
+    text = resources.files("medsam3").joinpath("data/vocabulary.json").read_text(encoding="utf-8")
+    return tuple(
+        Concept(e["concept"], tuple(e["synonyms"]), tuple(e["modality"]), e["body_part"])
+        for e in json.loads(text)["concepts"]
+    )
+
+
+@lru_cache(maxsize=1)
+def _lookup() -> dict[str, str]:
+    table: dict[str, str] = {}
+    for c in load_vocabulary():
+        table[_norm(c.concept)] = c.concept
+        for s in c.synonyms:
+            table.setdefault(_norm(s), c.concept)
+    return table
+
+
+def concept_names() -> list[str]:
+    """Canonical concept names, sorted."""
+    return [c.concept for c in load_vocabulary()]
+
+
+def get_concept(name: str) -> Concept | None:
+    """The vocabulary entry for a canonical name or synonym, or None."""
+    canonical = resolve(name)
+    return next((c for c in load_vocabulary() if c.concept == canonical), None)
+
+
+def resolve(phrase: str) -> str | None:
+    """Canonical concept for an exact name or synonym (case/whitespace/underscore-insensitive).
+
+    Args:
+        phrase: any phrase.
+
+    Returns:
+        The canonical name, or None for a phrase outside the vocabulary.
+    """
+    return _lookup().get(_norm(phrase))
+
+
+@lru_cache(maxsize=1)
+def _name_matrix() -> tuple[list[str], np.ndarray]:
+    from medsam3.models.text_encoder import shared_text_encoder
+
+    names, owners = [], []
+    for c in load_vocabulary():
+        for s in (c.concept, *c.synonyms):
+            names.append(s)
+            owners.append(c.concept)
+    return owners, shared_text_encoder().encode(names)
+
+
+def nearest(phrase: str, k: int = 3) -> list[tuple[str, float]]:
+    """The k vocabulary concepts nearest to a phrase by MiniLM cosine similarity.
+
+    A concept's similarity is the best over its name and synonyms.
+
+    Args:
+        phrase: any phrase.
+        k: how many to return.
+
+    Returns:
+        [(canonical concept, cosine similarity in [-1, 1])], most similar first.
+    """
+    from medsam3.models.text_encoder import shared_text_encoder
+
+    owners, matrix = _name_matrix()
+    sims = matrix @ shared_text_encoder().encode([phrase])[0]
+    best: dict[str, float] = {}
+    for owner, s in zip(owners, sims, strict=True):
+        best[owner] = max(best.get(owner, -1.0), float(s))
+    return sorted(best.items(), key=lambda kv: -kv[1])[:k]
+
+
+def vocabulary_table() -> list[dict]:
+    """Rows for ``medsam3 concepts``: concept, synonyms, modality, body_part (strings)."""
+    return [
+        {
+            "concept": c.concept,
+            "synonyms": ", ".join(c.synonyms),
+            "modality": ", ".join(c.modality),
+            "body_part": c.body_part,
+        }
+        for c in load_vocabulary()
+    ]

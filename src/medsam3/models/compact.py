@@ -1,0 +1,347 @@
+"""The compact backend: LiteMedSAM encoder/decoder + MiniLM phrase embeddings + a concept head.
+
+Per 2D plane: the plane is mapped to uint8 RGB (uint8 data pass through; CT in HU is windowed
+per concept, so concepts sharing a window share one encoding), encoded ONCE by LiteMedSAM, and
+every phrase is decoded by the concept head (presence + dense mask). Above the presence threshold,
+connected components of the dense mask become instances; each is re-segmented by the LiteMedSAM
+mask decoder from its box, and the decoder mask is kept where it agrees with the dense mask
+(IoU gate), else the dense mask is kept (thin, ring-shaped or crowded structures).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+from scipy import ndimage
+
+from medsam3.concepts import nearest, resolve
+from medsam3.models.base import ConceptResult, Instance, Segmenter
+from medsam3.models.concept_head import ConceptHead, HeadConfig
+from medsam3.models.inputs import InputError, check_array, check_concepts, infer_kind
+from medsam3.models.litemedsam import LiteMedSAM, Prepared, logits_to_original, prepare_image
+from medsam3.models.text_encoder import shared_text_encoder
+from medsam3.preprocess import ct_window_for, to_uint8_rgb
+
+
+def default_checkpoint() -> Path:
+    """Path of the head shipped in medsam3/weights."""
+    return Path(str(resources.files("medsam3").joinpath("weights/compact_head.safetensors")))
+
+
+def load_head(checkpoint: str | Path | None = None) -> tuple[ConceptHead, str, dict]:
+    """Load a concept head from a .safetensors file (never unpickles).
+
+    Args:
+        checkpoint: path; None = the shipped head.
+
+    Returns:
+        (head in eval mode, sha256 of the file, sibling JSON info or {}).
+    """
+    import hashlib
+
+    path = Path(checkpoint) if checkpoint else default_checkpoint()
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"compact head checkpoint {path} does not exist; pass checkpoint=None for the shipped "
+            "head or a .safetensors file written by medsam3.train"
+        )
+    try:
+        state = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise ValueError(
+            f"{path} is not a safetensors file ({err}); only .safetensors heads are accepted "
+            "(pickled .pt/.pth checkpoints are refused for safety)"
+        ) from err
+    info_path = path.with_suffix(".json")
+    info = json.loads(info_path.read_text(encoding="utf-8")) if info_path.is_file() else {}
+    head = ConceptHead(HeadConfig(**info.get("config", {})))
+    try:
+        head.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise ValueError(f"{path} does not hold a compact concept head: {err}") from err
+    return head.eval(), hashlib.sha256(path.read_bytes()).hexdigest(), info
+
+
+@dataclass
+class PlaneState:
+    """One encoded plane: geometry, LiteMedSAM embedding and head image features."""
+
+    prep: Prepared
+    embedding: torch.Tensor
+    feats: dict
+
+
+class CompactSegmenter(Segmenter):
+    """LiteMedSAM + MiniLM + concept head; see the module docstring.
+
+    Args:
+        head: trained concept head.
+        sam: LiteMedSAM wrapper.
+        digest: sha256 of the head file.
+        presence_threshold: presence above which a concept is reported present.
+        iou_gate: minimum IoU between decoder and dense masks to keep the decoder mask.
+        max_refine: instances refined by the decoder per concept (largest first).
+        min_area: components smaller than max(min_area, 1e-4 of the image) pixels are dropped.
+        max_instances: instances reported per concept (largest first; the mask keeps all).
+        no_refine: phrases whose dense mask is kept without decoder refinement.
+        feature_cache: read/write LiteMedSAM embeddings under $MEDSAM3_CACHE (evaluation).
+    """
+
+    name = "compact"
+
+    def __init__(
+        self,
+        head: ConceptHead,
+        sam: LiteMedSAM,
+        digest: str = "",
+        presence_threshold: float = 0.5,
+        iou_gate: float = 0.6,
+        max_refine: int = 16,
+        min_area: int = 4,
+        max_instances: int = 256,
+        no_refine: tuple[str, ...] = (),
+        feature_cache: bool = False,
+    ) -> None:
+        self.head, self.sam, self.checkpoint_digest = head, sam, digest
+        self.presence_threshold, self.iou_gate = presence_threshold, iou_gate
+        self.max_refine, self.min_area, self.no_refine = max_refine, min_area, set(no_refine)
+        self.max_instances = max_instances
+        self.text = shared_text_encoder()
+        self.feature_cache = feature_cache
+
+    # --- plane-level verbs (used by propagate.py too) ---------------------------------------
+    @torch.inference_mode()
+    def encode_plane(self, rgb: np.ndarray) -> PlaneState:
+        """Encode one (y, x, 3) uint8 plane once: LiteMedSAM embedding + head image features."""
+        prep = prepare_image(rgb)
+        if self.feature_cache:
+            from medsam3.training_data import encode_cached
+
+            emb = encode_cached(self.sam, rgb)["embedding"][None].float()
+        else:
+            emb = self.sam.encode(prep)
+        return PlaneState(prep, emb, self.head.image_features(emb, prep.tensor))
+
+    @torch.inference_mode()
+    def detect(self, state: PlaneState, phrases: list[str]) -> tuple[np.ndarray, torch.Tensor]:
+        """Presence and dense logits for phrases on an encoded plane.
+
+        Returns:
+            (K,) presence probabilities and (K, 1, 256, 256) dense logits (padded frame).
+        """
+        text = torch.from_numpy(self.text.encode(phrases))
+        presence, logits = self.head.decode(state.feats, text)
+        return torch.sigmoid(presence).numpy(), logits
+
+    @torch.inference_mode()
+    def decoder_masks(self, state: PlaneState, boxes=None, points=None) -> np.ndarray:
+        """LiteMedSAM decoder masks from prompts in original pixels (boxes in chunks of 32).
+
+        Args:
+            boxes: (n, 4) x0, y0, x1, y1 boxes, or None.
+            points: (m, 2) x, y foreground points, or None.
+
+        Returns:
+            (n, y, x) bool masks in original pixels (one per box; one for a point set).
+        """
+        if boxes is None:
+            logits, _ = self.sam.decode(state.embedding, state.prep, points=points)
+            return (logits_to_original(logits, state.prep)[:, 0] > 0).numpy()
+        parts = []
+        for i in range(0, len(boxes), 32):
+            logits, _ = self.sam.decode(state.embedding, state.prep, boxes=boxes[i : i + 32])
+            parts.append((logits_to_original(logits, state.prep)[:, 0] > 0).numpy())
+        return np.concatenate(parts)
+
+    @torch.inference_mode()
+    def decoder_union(self, state: PlaneState, boxes: np.ndarray) -> np.ndarray:
+        """Union of the decoder masks of many boxes (memory-bounded), (y, x) bool."""
+        out = np.zeros(state.prep.original, bool)
+        for i in range(0, len(boxes), 32):
+            out |= self.decoder_masks(state, boxes=boxes[i : i + 32]).any(0)
+        return out
+
+    @torch.inference_mode()
+    def refine(self, state: PlaneState, dense: torch.Tensor, phrase: str) -> np.ndarray:
+        """Dense logits -> final (y, x) bool mask, decoder-refined per component.
+
+        Args:
+            state: encoded plane.
+            dense: (1, 256, 256) dense logits in the padded frame.
+            phrase: the concept (per-phrase refinement switch).
+
+        Returns:
+            (y, x) bool mask in original pixels.
+        """
+        mask = (logits_to_original(dense[None], state.prep)[0, 0] > 0).numpy()
+        if phrase in self.no_refine or resolve(phrase) in self.no_refine or not mask.any():
+            return mask
+        labels, n = ndimage.label(mask)
+        if n == 0:
+            return mask
+        areas = ndimage.sum_labels(mask, labels, range(1, n + 1))
+        order = np.argsort(-areas)[: self.max_refine]
+        slices = ndimage.find_objects(labels)
+        boxes = [_box(slices[i]) for i in order]
+        decoded = self.decoder_masks(state, boxes=np.array(boxes, np.float32))
+        out = mask.copy()
+        for k, i in enumerate(order):
+            comp = labels == i + 1
+            dec = decoded[k]
+            inter = np.logical_and(comp, dec).sum()
+            iou = inter / max(1, np.logical_or(comp, dec).sum())
+            if iou >= self.iou_gate:
+                out[comp] = False
+                out |= dec
+        return out
+
+    def instances(self, mask: np.ndarray, presence: float) -> tuple[np.ndarray, list[Instance]]:
+        """Drop specks and split a 2D mask into instances (largest first, at most max_instances).
+
+        Args:
+            mask: (y, x) bool mask.
+            presence: score given to every instance.
+
+        Returns:
+            The cleaned (y, x) bool mask and its Instances.
+        """
+        labels, n = ndimage.label(mask)
+        if n == 0:
+            return mask, []
+        min_area = max(self.min_area, int(1e-4 * mask.size))
+        areas = ndimage.sum_labels(mask, labels, range(1, n + 1))
+        keep = np.flatnonzero(areas >= min_area)
+        cleaned = np.isin(labels, keep + 1)
+        slices = ndimage.find_objects(labels)
+        out = []
+        for i in keep[np.argsort(-areas[keep])][: self.max_instances]:
+            sl = slices[i]
+            full = np.zeros(mask.shape, bool)
+            full[sl] = labels[sl] == i + 1
+            out.append(Instance(full, tuple(int(v) for v in _box(sl)), float(presence)))
+        return cleaned, out
+
+    # --- public API ---------------------------------------------------------------------------
+    def plane_rgb_groups(
+        self, plane: np.ndarray, phrases: list[str], modality: str | None, intensity_range=None
+    ) -> list[tuple[np.ndarray, list[str]]]:
+        """Group phrases by intensity mapping (CT windows); one RGB plane per group.
+
+        Returns:
+            [((y, x, 3) uint8 plane, phrases)].
+        """
+        if (modality or "").lower() == "ct" and plane.dtype != np.uint8 and plane.ndim == 2:
+            groups: dict[tuple, list[str]] = {}
+            for p in phrases:
+                groups.setdefault(ct_window_for(p), []).append(p)
+            return [(to_uint8_rgb(plane, "ct", ps[0]), ps) for ps in groups.values()]
+        if plane.dtype == np.uint8:
+            return [(to_uint8_rgb(plane), phrases)]
+        return [(to_uint8_rgb(plane, modality, None, intensity_range), phrases)]
+
+    def segment_plane(
+        self,
+        plane: np.ndarray,
+        phrases: list[str],
+        modality: str | None = None,
+        boxes: dict | None = None,
+        points: dict | None = None,
+        intensity_range=None,
+    ) -> dict[str, ConceptResult]:
+        """Segment one 2D plane ((y, x) or (y, x, c)); see :meth:`segment` for the result."""
+        results: dict[str, ConceptResult] = {}
+        for rgb, group in self.plane_rgb_groups(plane, phrases, modality, intensity_range):
+            state = self.encode_plane(rgb)
+            presence, dense = self.detect(state, group)
+            for k, phrase in enumerate(group):
+                results[phrase] = self._result(
+                    state, phrase, float(presence[k]), dense[k], boxes, points
+                )
+        return {p: results[p] for p in phrases}
+
+    def _result(self, state, phrase, presence, dense, boxes, points) -> ConceptResult:
+        prompt_boxes = (boxes or {}).get(phrase)
+        prompt_points = (points or {}).get(phrase)
+        if prompt_boxes is not None and len(prompt_boxes):
+            mask = self.decoder_union(state, np.asarray(prompt_boxes, np.float32).reshape(-1, 4))
+            extra = {"prompt": "box"}
+        elif prompt_points is not None and len(prompt_points):
+            mask = self.decoder_masks(
+                state, points=np.asarray(prompt_points, np.float32).reshape(-1, 2)
+            )[0]
+            extra = {"prompt": "point"}
+        elif presence >= self.presence_threshold:
+            mask, extra = self.refine(state, dense, phrase), {"prompt": "text"}
+        else:
+            mask, extra = np.zeros(state.prep.original, bool), {"prompt": "text"}
+        known = resolve(phrase)
+        near = [] if known else [c for c, _ in nearest(phrase, k=3)]
+        mask, instances = self.instances(mask, presence)
+        return ConceptResult(
+            concept=phrase,
+            mask=mask.astype(np.uint8),
+            presence=presence,
+            instances=instances,
+            nearest_known=near,
+            extra=extra,
+        )
+
+    def segment(
+        self,
+        array: np.ndarray,
+        concepts: list[str],
+        modality: str | None = None,
+        spacing: tuple[float, ...] | None = None,
+        boxes: dict[str, list] | None = None,
+        points: dict[str, list] | None = None,
+        kind=None,
+    ) -> dict[str, ConceptResult]:
+        """See :meth:`medsam3.models.base.Segmenter.segment`.
+
+        Volumes and videos are segmented slice by slice / frame by frame with propagation
+        (:mod:`medsam3.propagate`); box/point prompts apply to 2D images.
+        """
+        phrases = check_concepts(concepts)
+        kind = infer_kind(np.asarray(array), kind)
+        data = check_array(array, kind)
+        if kind == "image":
+            if data.ndim == 3 and data.shape[-1] == 1:
+                data = data[..., 0]
+            return self.segment_plane(data, phrases, modality, boxes, points)
+        from medsam3.propagate import segment_stack
+
+        return segment_stack(self, data, phrases, kind, modality)
+
+
+def _box(sl: tuple[slice, slice]) -> tuple[int, int, int, int]:
+    """(y, x) slices -> (x0, y0, x1, y1), end exclusive."""
+    return (sl[1].start, sl[0].start, sl[1].stop, sl[0].stop)
+
+
+def build_compact(
+    checkpoint: str | Path | None = None, device: str = "cpu", **kw
+) -> CompactSegmenter:
+    """Build the compact segmenter.
+
+    Args:
+        checkpoint: concept head .safetensors (None = the shipped head).
+        device: only "cpu" is supported by this backend.
+        **kw: CompactSegmenter options (presence_threshold, iou_gate, max_refine, min_area).
+
+    Returns:
+        A ready CompactSegmenter.
+    """
+    if device != "cpu":
+        raise InputError(f"the compact backend runs on cpu only, got device={device!r}")
+    head, digest, info = load_head(checkpoint)
+    kw.setdefault("no_refine", tuple(info.get("no_refine", ())))
+    if "presence_threshold" in info:
+        kw.setdefault("presence_threshold", float(info["presence_threshold"]))
+    return CompactSegmenter(head, LiteMedSAM(), digest, **kw)

@@ -1,0 +1,143 @@
+"""The phrase-conditioned concept head on top of frozen LiteMedSAM image embeddings.
+
+Inputs per image: the (256, 64, 64) LiteMedSAM embedding and the padded 256x256 input frame.
+Inputs per phrase: the 384-d MiniLM embedding. Outputs per (image, phrase): a presence logit and
+a dense (256, 256) mask logit map in the padded frame.
+
+Design: the image-only part (embedding projection and a shallow full-resolution conv branch
+for thin, high-frequency structures) runs once per image; the phrase modulates the features by
+FiLM at 64, 128 and 256 px and by a phrase-image similarity map, so N phrases cost N light
+decoder passes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass
+class HeadConfig:
+    """Head sizes (saved with the weights)."""
+
+    text_dim: int = 384
+    embed_dim: int = 256
+    c64: int = 64
+    c128: int = 32
+    c256: int = 16
+    coarse: int = 8
+    fine: int = 8
+    hidden: int = 256
+    dropout: float = 0.1
+
+    def to_dict(self) -> dict:
+        """Plain dict for JSON."""
+        return asdict(self)
+
+
+def _block(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
+    groups = 8 if cout % 8 == 0 else 4
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False),
+        nn.GroupNorm(groups, cout),
+        nn.GELU(),
+    )
+
+
+class ConceptHead(nn.Module):
+    """Presence + dense mask head; see the module docstring."""
+
+    def __init__(self, cfg: HeadConfig | None = None) -> None:
+        super().__init__()
+        self.cfg = cfg = cfg or HeadConfig()
+        self.proj = nn.Sequential(nn.Conv2d(cfg.embed_dim, cfg.c64, 1), nn.GELU())
+        self.trunk64 = nn.Sequential(_block(cfg.c64, cfg.c64), _block(cfg.c64, cfg.c64))
+        self.shallow256 = nn.Sequential(_block(3, 16), _block(16, 16))
+        self.shallow128 = _block(16, 32, stride=2)
+        self.trunk128 = _block(cfg.c64 + 32, cfg.c128)
+        self.trunk256 = nn.Sequential(nn.Conv2d(cfg.c128 + 16, cfg.c256, 1), nn.GELU())
+        self.text = nn.Sequential(
+            nn.Linear(cfg.text_dim, cfg.hidden), nn.GELU(), nn.Dropout(cfg.dropout)
+        )
+        self.query = nn.Linear(cfg.hidden, cfg.c64)
+        self.film64 = nn.Linear(cfg.hidden, 2 * cfg.c64)
+        self.mix64 = nn.Sequential(
+            nn.Conv2d(cfg.c64 + 1, cfg.c64, 1), nn.GELU(), nn.Conv2d(cfg.c64, cfg.coarse, 1)
+        )
+        self.kernel128 = nn.Linear(cfg.hidden, cfg.c128 + 1)
+        self.fine = nn.Sequential(
+            _block(cfg.coarse + cfg.c256 + 1, cfg.fine), nn.Conv2d(cfg.fine, 1, 1)
+        )
+        self.presence = nn.Sequential(
+            nn.Linear(2 * cfg.coarse + 2 + cfg.hidden, cfg.hidden),
+            nn.GELU(),
+            nn.Dropout(cfg.dropout),
+            nn.Linear(cfg.hidden, 1),
+        )
+
+    def image_features(self, embedding: torch.Tensor, frame: torch.Tensor) -> dict:
+        """Phrase-independent multi-scale features (run once per image).
+
+        Args:
+            embedding: (B, 256, 64, 64) float LiteMedSAM embedding.
+            frame: (B, 3, 256, 256) float in [0, 1], the padded input frame.
+
+        Returns:
+            dict: f64 (B, c64, 64, 64), f128 (B, c128, 128, 128), f256 (B, c256, 256, 256).
+        """
+        f64 = self.trunk64(self.proj(embedding.float()))
+        s256 = self.shallow256(frame.float())
+        up = F.interpolate(f64, scale_factor=2, mode="bilinear", align_corners=False)
+        f128 = self.trunk128(torch.cat([up, self.shallow128(s256)], dim=1))
+        up = F.interpolate(f128, scale_factor=2, mode="bilinear", align_corners=False)
+        f256 = self.trunk256(torch.cat([up, s256], dim=1))
+        return {"f64": f64, "f128": f128, "f256": f256}
+
+    def decode(
+        self,
+        feats: dict,
+        text: torch.Tensor,
+        index: torch.Tensor | None = None,
+        coarse_only: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Phrase-conditioned outputs.
+
+        Args:
+            feats: from :meth:`image_features` for B images.
+            text: (N, 384) phrase embeddings.
+            index: (N,) long, which image each phrase belongs to; all image 0 when None.
+            coarse_only: return the (N, 1, 64, 64) coarse logits instead (cheap; training
+                negatives and presence-only queries).
+
+        Returns:
+            (N,) presence logits and (N, 1, 256, 256) mask logits in the padded frame.
+        """
+        if index is None:
+            index = torch.zeros(len(text), dtype=torch.long, device=text.device)
+        h = self.text(text.float())
+        f64 = feats["f64"][index]
+        sim = torch.einsum("nchw,nc->nhw", f64, self.query(h))[:, None] / f64.shape[1] ** 0.5
+        gamma, beta = self.film64(h).chunk(2, dim=-1)
+        x = f64 * (1 + gamma[..., None, None]) + beta[..., None, None]
+        coarse = self.mix64(torch.cat([x, sim], dim=1))
+        stats = [coarse.mean(dim=(2, 3)), coarse.amax(dim=(2, 3))]
+        stats += [sim.amax(dim=(2, 3)), sim.mean(dim=(2, 3)), h]
+        presence = self.presence(torch.cat(stats, dim=1))[:, 0]
+        if coarse_only:
+            return presence, coarse[:, :1]
+        w = self.kernel128(h)
+        f128 = feats["f128"][index]
+        mid = torch.einsum("nchw,nc->nhw", f128, w[:, :-1])[:, None] + w[:, -1, None, None, None]
+        mid = F.interpolate(mid, scale_factor=2, mode="bilinear", align_corners=False)
+        up = F.interpolate(coarse, scale_factor=4, mode="bilinear", align_corners=False)
+        fine = self.fine(torch.cat([up, feats["f256"][index], mid], dim=1))
+        return presence, fine + mid + up[:, :1]
+
+    def forward(
+        self, embedding: torch.Tensor, frame: torch.Tensor, text: torch.Tensor, index=None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """image_features + decode; see those methods for shapes."""
+        return self.decode(self.image_features(embedding, frame), text, index)

