@@ -6,11 +6,11 @@ rule train:
         head=f"{OUT}/train/compact_head.safetensors",
     log:
         f"{OUT}/logs/train.log",
+    conda:
+        "../../envs/medsam3.yaml"
     threads: 2
     resources:
         mem_mb=16000,
         runtime=240,
-    conda:
-        "../../envs/medsam3.yaml"
     script:
         "../scripts/train.py"
