@@ -43,6 +43,9 @@ healthy() {
   [ -f /etc/slurm/slurm.conf ] || return 1
   pgrep -x slurmdbd >/dev/null && pgrep -x slurmctld >/dev/null && pgrep -x slurmd >/dev/null \
     || return 1
+  pgrep -x munged >/dev/null && { pgrep -x mariadbd >/dev/null || pgrep -x mysqld >/dev/null; } \
+    || return 1
+  sacct -n -X -j 1 >/dev/null 2>&1 || return 1  # the accounting database answers
   case "$(node_state)" in idle|mixed|allocated|completing) return 0 ;; *) return 1 ;; esac
 }
 
@@ -177,6 +180,7 @@ start_slurm() {
     slurmdbd || die "slurmdbd failed to start (see $LOG_DIR/slurmdbd.log)"
   fi
   wait_for 60 "slurmdbd" sacctmgr -n list cluster
+  wait_for 60 "accounting database" sacct -n -X -j 1
   sacctmgr -i -Q add cluster "$CLUSTER" >/dev/null 2>&1 || true
   sacctmgr -i -Q add account "$ACCOUNT" Cluster="$CLUSTER" \
     Description="medsam3 test account" Organization=medsam3 >/dev/null 2>&1 || true
