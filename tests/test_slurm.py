@@ -271,7 +271,8 @@ def _make_cohort(root: Path) -> Path:
     return cohort
 
 
-RUN_SPECIFIC = {"seconds", "model_load_s", "time", "start", "end", "duration_s"}
+# timings, and the config hash (it includes outdir, which differs between the two runs)
+RUN_SPECIFIC = {"seconds", "model_load_s", "time", "start", "end", "duration_s", "config_sha256"}
 
 
 def _comparable(path: Path) -> object:
