@@ -50,17 +50,13 @@ def instance_label(result: ConceptResult) -> tuple[np.ndarray, str]:
     if 0 < len(result.instances) <= 255:
         label = np.zeros(union.shape, np.uint8)
         for k, inst in enumerate(result.instances, start=1):
-            label[np.asarray(inst.mask, bool) & (label == 0)] = k
-        label[union & (label == 0)] = 1 if len(result.instances) == 1 else 0
-        return label, "instances"
-    if not union.any():
-        return union.astype(np.uint8), "instances"
-    components, n = ndimage.label(union)
-    return (
-        (components.astype(np.uint8), "instances")
-        if n <= 255
-        else (union.astype(np.uint8), "binary")
-    )
+            label[np.asarray(inst.mask, bool) & union & (label == 0)] = k
+        if np.array_equal(label > 0, union):
+            return label, "instances"
+    components, n = ndimage.label(union)  # instances do not tile the union: use its components
+    if n <= 255:
+        return components.astype(np.uint8), "instances"
+    return union.astype(np.uint8), "binary"
 
 
 def _done_concepts(store: Path, concepts: list[str], model: Segmenter) -> set[str]:
