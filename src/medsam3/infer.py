@@ -60,13 +60,13 @@ def instance_label(result: ConceptResult) -> tuple[np.ndarray, str]:
 
 
 def _done_concepts(store: Path, concepts: list[str], model: Segmenter) -> set[str]:
-    from medsam3.io.zarr_store import list_labels, read_label
+    from medsam3.io.zarr_store import list_labels, read_label_attrs
 
     existing = set(list_labels(store))
     done = set()
     for phrase in concepts:
         if concept_slug(phrase) in existing:
-            _, attrs = read_label(store, concept_slug(phrase))
+            attrs = read_label_attrs(store, concept_slug(phrase))
             if (
                 attrs.get("backend") == model.name
                 and attrs.get("checkpoint_digest") == model.checkpoint_digest

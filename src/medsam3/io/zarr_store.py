@@ -272,7 +272,16 @@ def read_label(store_path: PathLikeStr, name: str) -> tuple[np.ndarray, dict]:
     Raises:
         ReadError: no such label.
     """
+    arr = _open_label(store_path, name)
+    return arr[...], dict(arr.attrs)
+
+
+def read_label_attrs(store_path: PathLikeStr, name: str) -> dict:
+    """The attributes of ``labels/<name>`` without reading its voxels (raises like read_label)."""
+    return dict(_open_label(store_path, name).attrs)
+
+
+def _open_label(store_path: PathLikeStr, name: str) -> zarr.Array:
     if name not in list_labels(store_path):
         raise ReadError(f"{store_path}: no label {name!r}; available: {list_labels(store_path)}")
-    arr = zarr.open_array(str(Path(store_path) / "labels" / name), mode="r")
-    return arr[...], dict(arr.attrs)
+    return zarr.open_array(str(Path(store_path) / "labels" / name), mode="r")
