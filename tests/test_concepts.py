@@ -5,7 +5,16 @@ from __future__ import annotations
 import json
 from importlib import resources
 
-from medsam3.concepts import concept_names, get_concept, load_vocabulary, nearest, resolve
+import numpy as np
+
+from medsam3.concepts import (
+    concept_names,
+    get_concept,
+    load_vocabulary,
+    nearest,
+    parent_of,
+    resolve,
+)
 
 
 def test_vocabulary_entries_are_complete():
@@ -42,3 +51,36 @@ def test_shipped_head_lists_the_vocabulary():
     )
     assert info["concepts"] == concept_names()
     assert len(info["sha256"]) == 64
+
+
+def test_subtypes_name_their_parent_in_the_vocabulary():
+    names = set(concept_names())
+    parents = {c.concept: c.parent for c in load_vocabulary() if c.parent}
+    assert parents["neoplastic polyp"] == "polyp"
+    assert parents["posterior hippocampus"] == "hippocampus"
+    assert all(p in names and p != c for c, p in parents.items())
+    assert parent_of("Neoplastic Polyp") == "polyp" and parent_of("polyp") is None
+    assert parent_of("a purple elephant") is None
+
+
+def test_conditioning_blends_a_subtype_with_its_parent():
+    from medsam3.models.text_encoder import shared_text_encoder
+
+    enc = shared_text_encoder()
+    own, parent, unknown = enc.encode(["posterior hippocampus", "hippocampus", "zebra stripes"])
+    blended, same = enc.condition(["posterior hippocampus", "zebra stripes"])
+    assert np.isclose(np.linalg.norm(blended), 1.0, atol=1e-5)
+    assert blended @ parent > own @ parent  # pulled towards the parent concept
+    assert blended @ own > 0.9
+    np.testing.assert_allclose(same, unknown, atol=1e-6)  # no parent: the phrase's own vector
+
+
+def test_concepts_command_lists_every_concept_with_its_parent(capsys):
+    from medsam3.cli import main
+
+    assert main(["concepts"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split()[:2] == ["concept", "body"]
+    assert len(lines) == len(concept_names()) + 1
+    polyp = next(line for line in lines if line.startswith("neoplastic polyp "))
+    assert " polyp " in polyp[len("neoplastic polyp") :] and "endoscopy" in polyp

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from medsam3.propagate import instances_3d, propagate_masks
+from medsam3.propagate import hysteresis, instances_3d, propagate_masks
 
 
 def _disc(shape, center, radius):
@@ -48,6 +48,14 @@ def test_propagation_stops_on_implausible_jumps():
     presence = np.ones(9)
     out = propagate_masks(detected, presence, lambda z, box: np.ones_like(truth[z]))
     assert sum(m.any() for m in out) == 1
+
+
+def test_hysteresis_extends_key_slices_through_confident_runs_only():
+    presence = np.array([0.1, 0.4, 0.9, 0.5, 0.3, 0.5, 0.45, 0.0, 0.7])
+    keep = hysteresis(presence, high=0.6, low=0.35)
+    # run 1-3 holds a key slice; run 5-6 has none; slice 8 is a key slice on its own
+    assert keep.tolist() == [False, True, True, True, False, False, False, False, True]
+    assert not hysteresis(np.full(4, 0.5), high=0.6, low=0.35).any()
 
 
 def test_instances_3d_boxes_are_xyz_end_exclusive():

@@ -30,10 +30,11 @@ def _cmd_segment(args: argparse.Namespace) -> int:
 def _cmd_concepts(args: argparse.Namespace) -> int:
     from medsam3.concepts import vocabulary_table
 
-    print(f"{'concept':<30} {'body part':<16} {'modality':<28} synonyms")
+    print(f"{'concept':<30} {'body part':<16} {'modality':<16} {'parent':<12} synonyms")
     for row in vocabulary_table():
         print(
-            f"{row['concept']:<30} {row['body_part']:<16} {row['modality']:<28} {row['synonyms']}"
+            f"{row['concept']:<30} {row['body_part']:<16} {row['modality']:<16} "
+            f"{row['parent']:<12} {row['synonyms']}"
         )
     return 0
 

@@ -24,12 +24,17 @@ class Concept:
         synonyms: alternative phrases that resolve to it.
         modality: modalities it was annotated in.
         body_part: main body part.
+        parent: broader concept it is a kind or part of ("neoplastic polyp" -> "polyp"), or
+            None. Set only for concepts with no training annotations of their own: the compact
+            head is conditioned on the phrase and its parent together, so such a concept
+            inherits what was learned for its parent (and cannot be told apart from it).
     """
 
     concept: str
     synonyms: tuple[str, ...]
     modality: tuple[str, ...]
     body_part: str
+    parent: str | None = None
 
 
 def _norm(phrase: str) -> str:
@@ -45,7 +50,13 @@ def load_vocabulary() -> tuple[Concept, ...]:
     """
     text = resources.files("medsam3").joinpath("data/vocabulary.json").read_text(encoding="utf-8")
     return tuple(
-        Concept(e["concept"], tuple(e["synonyms"]), tuple(e["modality"]), e["body_part"])
+        Concept(
+            e["concept"],
+            tuple(e["synonyms"]),
+            tuple(e["modality"]),
+            e["body_part"],
+            e.get("parent"),
+        )
         for e in json.loads(text)["concepts"]
     )
 
@@ -83,6 +94,12 @@ def resolve(phrase: str) -> str | None:
     return _lookup().get(_norm(phrase))
 
 
+def parent_of(phrase: str) -> str | None:
+    """The vocabulary parent of a known phrase (name or synonym), else None."""
+    concept = get_concept(phrase)
+    return concept.parent if concept else None
+
+
 @lru_cache(maxsize=1)
 def _name_matrix() -> tuple[list[str], np.ndarray]:
     from medsam3.models.text_encoder import shared_text_encoder
@@ -118,13 +135,14 @@ def nearest(phrase: str, k: int = 3) -> list[tuple[str, float]]:
 
 
 def vocabulary_table() -> list[dict]:
-    """Rows for ``medsam3 concepts``: concept, synonyms, modality, body_part (strings)."""
+    """Rows for ``medsam3 concepts``: concept, synonyms, modality, body_part, parent (strings)."""
     return [
         {
             "concept": c.concept,
             "synonyms": ", ".join(c.synonyms),
             "modality": ", ".join(c.modality),
             "body_part": c.body_part,
+            "parent": c.parent or "",
         }
         for c in load_vocabulary()
     ]

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 from scipy import ndimage
+from tqdm import tqdm
 
 from medsam3.train import _safe_negatives, matthews
 from medsam3.training_data import build_samples, read_manifest, read_volume
@@ -61,7 +62,7 @@ def eval_images(model, root: Path, caps: dict, n_neg: int = 2, seed: int = 0) ->
     safe = _safe_negatives(root)
     rng = random.Random(seed)
     pairs, pres = [], []
-    for s in samples:
+    for s in tqdm(samples, desc="test images", mininterval=10):
         pos = list(s.masks)
         pool = [c for c, (m, b) in safe.items() if s.modality not in m and s.body_part not in b]
         negs = rng.sample(pool, min(n_neg, len(pool)))
@@ -107,7 +108,7 @@ def eval_volumes(model, root: Path, max_concepts: int = 12) -> dict:
     for r in rows:
         by_item[r["item_id"]].append(r)
     out = {}
-    for item, rs in by_item.items():
+    for item, rs in tqdm(by_item.items(), desc="test volumes"):
         rs = rs[:max_concepts]
         vol = read_volume(root / rs[0]["image"])
         res = model.segment(vol, [r["concept"] for r in rs], modality=rs[0]["modality"])
@@ -115,6 +116,22 @@ def eval_volumes(model, root: Path, max_concepts: int = 12) -> dict:
             gt = read_volume(root / r["mask"]) == float(r["label_value"])
             out[f"{item}/{r['concept']}"] = dice(res[r["concept"]].mask, gt)
     return out
+
+
+def eval_mni152(model) -> dict:
+    """3D Dice of "brain" on nilearn's MNI152 T1 (2 mm) against its brain mask.
+
+    A held-out check for the Colin27 atlas training slices (another brain, another template).
+    """
+    from nilearn import datasets
+
+    def array(img) -> np.ndarray:  # nibabel (i, j, k) -> (z, y, x), as SimpleITK reads it
+        return np.asarray(img.get_fdata(), np.float32).transpose(2, 1, 0)
+
+    t1 = array(datasets.load_mni152_template(resolution=2))
+    gt = array(datasets.load_mni152_brain_mask(resolution=2)) > 0.5
+    res = model.segment(t1, ["brain"], modality="mri")
+    return {"mni152_nilearn/brain": dice(res["brain"].mask, gt)}
 
 
 def calibrate(model, root: Path, caps: dict, seed: int = 0) -> dict:
@@ -130,7 +147,7 @@ def calibrate(model, root: Path, caps: dict, seed: int = 0) -> dict:
     safe, rng = _safe_negatives(root), random.Random(seed)
     scores: dict[str, list] = defaultdict(list)
     labels, probs = [], []
-    for s in build_samples(root, ("val",), caps):
+    for s in tqdm(build_samples(root, ("val",), caps), desc="val images", mininterval=10):
         state = model.encode_plane(s.load_rgb())
         pos = list(s.masks)
         pool = [c for c, (m, b) in safe.items() if s.modality not in m and s.body_part not in b]
@@ -154,8 +171,19 @@ def calibrate(model, root: Path, caps: dict, seed: int = 0) -> dict:
         }
         for c, v in sorted(scores.items())
     }
-    best = int(np.argmax(mccs))
-    return {"refinement": refinement, "presence_threshold": float(grid[best]), "mcc": mccs[best]}
+    threshold = plateau_centre(grid, np.array(mccs))
+    best = int(np.flatnonzero(grid == threshold)[0])
+    return {"refinement": refinement, "presence_threshold": threshold, "mcc": mccs[best]}
+
+
+def plateau_centre(grid: np.ndarray, scores: np.ndarray, tol: float = 0.005) -> float:
+    """The middle of the thresholds scoring within ``tol`` of the best (robust to ties).
+
+    Well separated val scores give a flat MCC plateau; its first point would sit right next
+    to the negatives, its middle leaves a margin on both sides.
+    """
+    good = grid[scores >= scores.max() - tol]
+    return float(good[len(good) // 2])
 
 
 def summarise(images: dict, video: dict, volumes: dict) -> dict:
@@ -243,9 +271,9 @@ def main(argv: list[str] | None = None) -> None:
         return
     images = eval_images(model, root, TEST_CAPS) if "images" not in args.skip else None
     video = eval_video(model, root) if "video" not in args.skip else {}
-    volumes = (
-        eval_volumes(model, root, args.max_volume_concepts) if "volumes" not in args.skip else {}
-    )
+    volumes = {}
+    if "volumes" not in args.skip:
+        volumes = eval_volumes(model, root, args.max_volume_concepts) | eval_mni152(model)
     summary = summarise(images or {"pairs": [], "presence": []}, video, volumes)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -3,10 +3,12 @@
 Every slice / frame is encoded once (the LiteMedSAM mask decoder needs its embedding anyway) and
 the concept head scores every phrase on it (cheap). Slices whose presence passes the threshold
 are key slices: their mask comes from the head (dense + decoder refinement), which also catches
-new instances. From each key slice the mask is propagated slice to slice into neighbours where
-the head was not confident, prompting the LiteMedSAM decoder with the previous slice's box; the
-propagation stops where presence drops below ``stop_threshold`` or the propagated mask vanishes
-or jumps in size.
+new instances. Presence is then read with hysteresis: a run of consecutive slices whose
+presence stays above ``extend_threshold`` keeps the head's masks when it holds a key slice (an
+object seen clearly on one slice is trusted on the neighbouring, less certain ones). From there
+the mask is propagated slice to slice into neighbours the head left empty, prompting the
+LiteMedSAM decoder with the previous slice's box; the propagation stops where presence drops
+below ``stop_threshold`` or the propagated mask vanishes or jumps in size.
 """
 
 from __future__ import annotations
@@ -68,6 +70,24 @@ def propagate_masks(
     return out
 
 
+def hysteresis(presence: np.ndarray, high: float, low: float) -> np.ndarray:
+    """Slices in runs of presence >= low that contain at least one slice >= high.
+
+    Args:
+        presence: (n,) per-slice presence.
+        high: key-slice threshold.
+        low: extension threshold (<= high).
+
+    Returns:
+        (n,) bool.
+    """
+    from scipy import ndimage
+
+    runs, _ = ndimage.label(presence >= low)
+    seeded = np.unique(runs[presence >= high])
+    return np.isin(runs, seeded[seeded > 0])
+
+
 def _planes(stack: np.ndarray, kind: Kind, modality: str | None):
     """Per-plane arrays and the shared intensity range for non-CT float volumes."""
     rng = None
@@ -83,6 +103,7 @@ def segment_stack(
     kind: Kind,
     modality: str | None = None,
     stop_threshold: float = 0.2,
+    extend_threshold: float = 0.35,
 ) -> dict[str, ConceptResult]:
     """Segment a (z, y, x) volume or (t, y, x[, c]) video with a CompactSegmenter.
 
@@ -94,6 +115,8 @@ def segment_stack(
         kind: "volume" or "video".
         modality: drives intensity mapping (CT windows per phrase).
         stop_threshold: minimum per-slice presence for propagation.
+        extend_threshold: presence from which the head's own mask is kept on slices next to
+            key slices (hysteresis; see the module docstring).
 
     Returns:
         phrase -> ConceptResult with (z, y, x) / (t, y, x) uint8 masks, 3D instances and
@@ -111,13 +134,15 @@ def segment_stack(
             for k, p in enumerate(group):
                 pres[p][z] = presence[k]
                 states[(p, z)] = state
-                if presence[k] >= model.presence_threshold:
+                if presence[k] >= min(extend_threshold, model.presence_threshold):
                     detected[p].append(model.refine(state, dense[k], p))
                 else:
                     detected[p].append(np.zeros(state.prep.original, bool))
             state.feats = {}  # keep only what the decoder needs
     results = {}
     for p in phrases:
+        keep = hysteresis(pres[p], model.presence_threshold, extend_threshold)
+        detected[p] = [m if keep[z] else np.zeros_like(m) for z, m in enumerate(detected[p])]
 
         def decode_box(z, box, p=p):
             return model.decoder_masks(states[(p, z)], boxes=np.array([box], np.float32))[0]

@@ -10,16 +10,18 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import random
 import sys
 import time
+from collections import Counter, defaultdict
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 import yaml
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from medsam3.concepts import load_vocabulary
 from medsam3.models.concept_head import ConceptHead, HeadConfig
@@ -27,9 +29,41 @@ from medsam3.training_data import (
     build_samples,
     cache_dir,
     cache_samples,
+    colin27_samples,
     mask_to_frame,
     read_manifest,
 )
+
+
+def sample_weights(pos: list, n: int, power: float) -> list[float]:
+    """Sampling weight per training image: its rarest concept's count ** -power.
+
+    power 0 samples uniformly; 0.5 draws an image whose rarest concept has 4 examples twice as
+    often as one whose concepts have 16 each, so rare concepts are seen more per epoch.
+    """
+    counts = Counter(concept for _, concept, _ in pos)
+    rarest = [min((counts[c] for i, c, _ in pos if i == s), default=1) for s in range(n)]
+    return [float(c) ** -power for c in rarest]
+
+
+def epoch_lr(config: dict, epoch: int) -> float:
+    """Learning rate of an epoch: constant, or cosine-decayed to 0 over ``epochs``."""
+    if config.get("lr_schedule", "constant") != "cosine":
+        return config["lr"]
+    return config["lr"] * 0.5 * (1 + math.cos(math.pi * epoch / config["epochs"]))
+
+
+def _training_negatives(safe: dict, pos: list, seen_only: bool) -> dict:
+    """Negative-phrase pool for training batches.
+
+    With ``seen_only``, only concepts that are also positives somewhere in the training data:
+    a phrase met only as a negative teaches the presence head to reject the phrase itself,
+    whatever the image (which is what happened to concepts with no annotations).
+    """
+    if not seen_only:
+        return safe
+    seen = {concept for _, concept, _ in pos}
+    return {c: v for c, v in safe.items() if c in seen}
 
 
 def _safe_negatives(root: Path) -> dict[str, tuple[set, set]]:
@@ -56,13 +90,14 @@ def load_split(config: dict, split: str, sam) -> dict:
         {"emb": (S, 256, 64, 64) float16, "frame": (S, 3, 256, 256) uint8,
         "pos": [(sample index, concept, (256, 256) uint8 target)], "meta": [(modality, part)]}.
     """
-    from safetensors.torch import load_file
 
     from medsam3.training_data import feature_path
 
     root = Path(config["data_root"])
     caps = config.get("per_dataset_max", {}).get(split, {})
     samples = build_samples(root, (split,), caps, config.get("volume_slices", 3))
+    if split == "train" and config.get("atlas_slices", 0):
+        samples += colin27_samples(n_slices=config["atlas_slices"])
     samples = samples[: config.get("max_samples", len(samples))]
     index = cache_samples(samples, sam, cache_dir() / f"index_{split}.json")
     emb, frame, pos, meta = [], [], [], []
@@ -142,11 +177,12 @@ def validate(head: ConceptHead, data: dict, text_of, safe, seed: int = 0) -> dic
     """Dense-mask Dice over val positives and presence MCC over positives + safe negatives.
 
     Returns:
-        {"dice": mean Dice (frame resolution), "mcc": presence MCC, "score": dice + mcc}.
+        {"dice": mean Dice over pairs (frame resolution), "concept_dice": mean of per-concept
+        means, "mcc": presence MCC, "score": mean of the two Dice figures + mcc}.
     """
     head.eval()
     rng = random.Random(seed)
-    dices, labels, probs = [], [], []
+    dices, labels, probs = defaultdict(list), [], []
     for s in range(len(data["meta"])):
         feats = head.image_features(data["emb"][s : s + 1].float(), data["frame"][s : s + 1] / 255)
         pos = [p for p in data["pos"] if p[0] == s]
@@ -158,12 +194,15 @@ def validate(head: ConceptHead, data: dict, text_of, safe, seed: int = 0) -> dic
         for k, p in enumerate(pos):
             pred = logits[k, 0] > 0
             gt = p[2] > 127
-            dices.append(2 * (pred & gt).sum().item() / max(1, pred.sum().item() + gt.sum().item()))
+            inter = 2 * (pred & gt).sum().item()
+            dices[p[1]].append(inter / max(1, pred.sum().item() + gt.sum().item()))
         labels += [1] * len(pos) + [0] * len(negs)
         probs += torch.sigmoid(pres).tolist()
     head.train()
     mcc = matthews(np.array(labels), np.array(probs) > 0.5)
-    return {"dice": float(np.mean(dices)), "mcc": mcc, "score": float(np.mean(dices)) + mcc}
+    pair = float(np.mean([d for ds in dices.values() for d in ds]))
+    concept = float(np.mean([np.mean(ds) for ds in dices.values()]))
+    return {"dice": pair, "concept_dice": concept, "mcc": mcc, "score": (pair + concept) / 2 + mcc}
 
 
 def matthews(y: np.ndarray, pred: np.ndarray) -> float:
@@ -183,7 +222,7 @@ def _text_lookup():
 
     def text_of(phrase: str) -> torch.Tensor:
         if phrase not in table:
-            table[phrase] = torch.from_numpy(enc.encode([phrase])[0])
+            table[phrase] = torch.from_numpy(enc.condition([phrase])[0])
         return table[phrase]
 
     return text_of
@@ -244,21 +283,31 @@ def train(config: dict) -> Path:
     data = load_split(config, "train", sam)
     val = load_split(config, "val", sam)
     safe = _safe_negatives(Path(config["data_root"]))
+    train_safe = _training_negatives(safe, data["pos"], config.get("seen_negatives_only", False))
     phrases, text_of = _phrases(), _text_lookup()
     head = ConceptHead(HeadConfig(**config.get("head", {})))
+    if config.get("init_from"):
+        head.load_state_dict(load_file(config["init_from"]))
     opt = torch.optim.AdamW(head.parameters(), lr=config["lr"], weight_decay=config["weight_decay"])
     run_dir = cache_dir() / "train" / config.get("run_name", "compact")
     run_dir.mkdir(parents=True, exist_ok=True)
     start, best, best_head = _resume(run_dir, head, opt) if config.get("resume") else (0, -1, None)
     t0, n = time.time(), len(data["meta"])
+    weights = sample_weights(data["pos"], n, config.get("balance", 0.0))
     for epoch in range(start, config["epochs"]):
         rng = random.Random(config.get("seed", 0) * 1000 + epoch)
-        order = rng.sample(range(n), n)
+        order = rng.choices(range(n), weights=weights, k=n)
+        for group in opt.param_groups:
+            group["lr"] = epoch_lr(config, epoch)
         bs = config["batch_images"]
         for b in tqdm(range(0, n, bs), desc=f"epoch {epoch}", mininterval=5):
             idx = order[b : b + bs]
             loss = _step(
-                head, data, idx, _batch(data, idx, rng, safe, phrases, text_of, config), config
+                head,
+                data,
+                idx,
+                _batch(data, idx, rng, train_safe, phrases, text_of, config),
+                config,
             )
             opt.zero_grad()
             loss.backward()

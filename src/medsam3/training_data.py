@@ -149,6 +149,54 @@ def _volume_samples(root: Path, rows: list[dict], n_slices: int) -> list[Sample]
     return out
 
 
+COLIN27_DIR = Path("/usr/share/mricron/templates")
+COLIN27_LABELS = {  # AAL label values; left/right are the patient's side
+    "hippocampus": (37, 38),
+    "left hippocampus": (37,),
+    "right hippocampus": (38,),
+    "amygdala": (41, 42),
+    "caudate": (71, 72),
+    "putamen": (73, 74),
+    "thalamus": (77, 78),
+}
+
+
+def colin27_samples(templates: Path = COLIN27_DIR, n_slices: int = 12) -> list[Sample]:
+    """Axial slices of the Colin27 T1 (Debian ``mricron-data``) with brain and AAL labels.
+
+    "brain" is the skull-stripped template's support; the other concepts come from the AAL
+    atlas on the same 1 mm grid. Returns [] when the package is not installed.
+
+    Args:
+        templates: folder with ch2.nii.gz, ch2bet.nii.gz and aal.nii.gz.
+        n_slices: axial slices, evenly spaced over the brain's extent.
+
+    Returns:
+        Training samples (split "train").
+    """
+    if not all((templates / f).is_file() for f in ("ch2.nii.gz", "ch2bet.nii.gz", "aal.nii.gz")):
+        return []
+    t1 = read_volume(templates / "ch2.nii.gz")
+    aal = read_volume(templates / "aal.nii.gz")
+    labels = {"brain": read_volume(templates / "ch2bet.nii.gz") > 0}
+    labels |= {c: np.isin(aal, values) for c, values in COLIN27_LABELS.items()}
+    zs = np.flatnonzero(labels["brain"].sum(axis=(1, 2)) > 0)
+    picks = sorted({int(zs[int(q * (len(zs) - 1))]) for q in np.linspace(0.1, 0.9, n_slices)})
+    picks += [z for z in np.flatnonzero(labels["hippocampus"].any(axis=(1, 2)))[::6]]
+    return [
+        Sample(
+            f"colin27@z{z}",
+            "train",
+            "Colin27 (mricron-data)",
+            "mri",
+            "brain",
+            lambda p=t1[z]: plane_rgb(p, "mri"),
+            {c: (lambda m=m[z]: m) for c, m in labels.items() if m[z].any()},
+        )
+        for z in sorted(set(picks))
+    ]
+
+
 def build_samples(
     root: Path,
     splits: tuple[str, ...],

@@ -136,7 +136,7 @@ class CompactSegmenter(Segmenter):
         Returns:
             (K,) presence probabilities and (K, 1, 256, 256) dense logits (padded frame).
         """
-        text = torch.from_numpy(self.text.encode(phrases))
+        text = torch.from_numpy(self.text.condition(phrases))
         presence, logits = self.head.decode(state.feats, text)
         return torch.sigmoid(presence).numpy(), logits
 
