@@ -233,6 +233,7 @@ def test_duckdb_example_and_html_report(tmp_path, mni):
     for chunk in images:
         assert base64.b64decode(chunk.split('"')[0]).startswith(b"\x89PNG")
     assert "Failures by stage" in html and "<td>ingest</td><td>1</td>" in html
+    assert "<h2>Concepts</h2>" in html and "median presence" in html
     saved = save_figures(tmp_path, tmp_path / "figures", overlays)
     assert sorted(saved) == ["dice", "overlays", "sizes"]
     assert all(p.read_bytes().startswith(b"\x89PNG") for p in saved.values())

@@ -78,7 +78,12 @@ def test_reports_cover_every_study(full_run):
     assert list(failures["study_id"]) == ["broken"]
     prov = pd.read_parquet(out / "reports" / "provenance.parquet")
     assert len(prov) == 4 and prov["backend"].eq("compact").all()
-    assert (out / "reports" / "report.html").stat().st_size > 1000
+    page = (out / "reports" / "report.html").read_text(encoding="utf-8")
+    assert "<h2>Concepts</h2>" in page and "<h2>Failures by stage</h2>" in page
+    found = (concept_rows["voxels"] > 0).groupby(concept_rows["concept"]).sum()
+    for concept in ("lung", "liver"):  # listed whether or not the model found them
+        n = (concept_rows["concept"] == concept).sum()
+        assert f"<td>{concept}</td><td>{n}</td><td>{found[concept]}</td>" in page
 
 
 def test_exports_keep_source_geometry(full_run):

@@ -156,6 +156,24 @@ def _counts_html(reports_dir: Path) -> str:
     return "\n".join(parts)
 
 
+def _concepts_html(reports_dir: Path) -> str:
+    """HTML table per concept: studies asked, studies where found, median presence.
+
+    Lists concepts that were found nowhere too, so an empty result is visible in the report.
+    """
+    df = _read(reports_dir, "segments", ["concept", "level", "voxels", "presence"])
+    if df is None:
+        return ""
+    df = df[df["level"] == "concept"]
+    rows = "".join(
+        f"<tr><td>{html.escape(str(c))}</td><td>{len(g)}</td><td>{int((g['voxels'] > 0).sum())}"
+        f"</td><td>{g['presence'].median():.2f}</td></tr>"
+        for c, g in sorted(df.groupby("concept"))
+    )
+    head = "<tr><th>concept</th><th>studies</th><th>found in</th><th>median presence</th></tr>"
+    return f"<h2>Concepts</h2><table>{head}{rows}</table>"
+
+
 def _png_bytes(fig: Figure) -> bytes:
     """A figure rendered as PNG bytes."""
     buf = io.BytesIO()
@@ -228,7 +246,7 @@ def write_html_report(
         The destination path.
     """
     reports_dir = Path(reports_dir)
-    sections = [_counts_html(reports_dir)]
+    sections = [_counts_html(reports_dir), _concepts_html(reports_dir)]
     for name, fig in report_figures(reports_dir, overlays).items():
         data = base64.b64encode(_png_bytes(fig)).decode("ascii")
         sections.append(

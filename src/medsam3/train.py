@@ -90,7 +90,6 @@ def load_split(config: dict, split: str, sam) -> dict:
         {"emb": (S, 256, 64, 64) float16, "frame": (S, 3, 256, 256) uint8,
         "pos": [(sample index, concept, (256, 256) uint8 target)], "meta": [(modality, part)]}.
     """
-
     from medsam3.training_data import feature_path
 
     root = Path(config["data_root"])
@@ -296,7 +295,10 @@ def train(config: dict) -> Path:
     weights = sample_weights(data["pos"], n, config.get("balance", 0.0))
     for epoch in range(start, config["epochs"]):
         rng = random.Random(config.get("seed", 0) * 1000 + epoch)
-        order = rng.choices(range(n), weights=weights, k=n)
+        if config.get("balance"):
+            order = rng.choices(range(n), weights=weights, k=n)
+        else:
+            order = rng.sample(range(n), n)  # a plain permutation, as in stage 1
         for group in opt.param_groups:
             group["lr"] = epoch_lr(config, epoch)
         bs = config["batch_images"]
