@@ -22,7 +22,7 @@ from scipy import ndimage
 from tqdm import tqdm
 
 from medsam3.train import _safe_negatives, matthews
-from medsam3.training_data import build_samples, read_manifest, read_volume
+from medsam3.training_data import build_samples, group_by_item, read_manifest, read_volume
 
 TEST_CAPS = {"HC18": 12, "WBC dataset 1 (Jiangxi Tecom)": 10, "WBC dataset 2 (CellaVision)": 6}
 
@@ -104,11 +104,8 @@ def eval_video(model, root: Path) -> dict:
 def eval_volumes(model, root: Path, max_concepts: int = 12) -> dict:
     """3D Dice of each test volume's concepts (at most max_concepts per volume)."""
     rows = [r for r in read_manifest(root) if r["kind"] == "volume" and r["split"] == "test"]
-    by_item: dict[str, list[dict]] = defaultdict(list)
-    for r in rows:
-        by_item[r["item_id"]].append(r)
     out = {}
-    for item, rs in tqdm(by_item.items(), desc="test volumes"):
+    for item, rs in tqdm(group_by_item(rows).items(), desc="test volumes"):
         rs = rs[:max_concepts]
         vol = read_volume(root / rs[0]["image"])
         res = model.segment(vol, [r["concept"] for r in rs], modality=rs[0]["modality"])

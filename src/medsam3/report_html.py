@@ -137,6 +137,16 @@ def overlay_figure(overlays: list[Overlay]) -> Figure | None:
     return fig
 
 
+def _html_table(title: str, header: list[str], rows: list[list]) -> str:
+    """An <h2> title and a table; cells are escaped; no rows gives one "none" row."""
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in row) + "</tr>" for row in rows
+    )
+    body = body or f"<tr><td colspan={len(header)}>none</td></tr>"
+    return f"<h2>{title}</h2><table><tr>{head}</tr>{body}</table>"
+
+
 def _counts_html(reports_dir: Path) -> str:
     """HTML tables of studies by status and failures by stage."""
     parts = []
@@ -146,13 +156,7 @@ def _counts_html(reports_dir: Path) -> str:
     ):
         df = _read(reports_dir, table, [col])
         counts = {} if df is None else df[col].value_counts().sort_index().to_dict()
-        body = (
-            "".join(
-                f"<tr><td>{html.escape(str(k))}</td><td>{v}</td></tr>" for k, v in counts.items()
-            )
-            or "<tr><td colspan=2>none</td></tr>"
-        )
-        parts.append(f"<h2>{title}</h2><table><tr><th>{col}</th><th>count</th></tr>{body}</table>")
+        parts.append(_html_table(title, [col, "count"], [[k, v] for k, v in counts.items()]))
     return "\n".join(parts)
 
 
@@ -164,14 +168,13 @@ def _concepts_html(reports_dir: Path) -> str:
     df = _read(reports_dir, "segments", ["concept", "level", "voxels", "presence"])
     if df is None:
         return ""
-    df = df[df["level"] == "concept"]
-    rows = "".join(
-        f"<tr><td>{html.escape(str(c))}</td><td>{len(g)}</td><td>{int((g['voxels'] > 0).sum())}"
-        f"</td><td>{g['presence'].median():.2f}</td></tr>"
-        for c, g in sorted(df.groupby("concept"))
-    )
-    head = "<tr><th>concept</th><th>studies</th><th>found in</th><th>median presence</th></tr>"
-    return f"<h2>Concepts</h2><table>{head}{rows}</table>"
+    groups = sorted(df[df["level"] == "concept"].groupby("concept"))
+    rows = [
+        [c, len(g), int((g["voxels"] > 0).sum()), f"{g['presence'].median():.2f}"]
+        for c, g in groups
+    ]
+    header = ["concept", "studies", "found in", "median presence"]
+    return _html_table("Concepts", header, rows)
 
 
 def _png_bytes(fig: Figure) -> bytes:

@@ -42,8 +42,10 @@ def sample_weights(pos: list, n: int, power: float) -> list[float]:
     often as one whose concepts have 16 each, so rare concepts are seen more per epoch.
     """
     counts = Counter(concept for _, concept, _ in pos)
-    rarest = [min((counts[c] for i, c, _ in pos if i == s), default=1) for s in range(n)]
-    return [float(c) ** -power for c in rarest]
+    rarest: dict[int, int] = {}
+    for i, concept, _ in pos:
+        rarest[i] = min(rarest.get(i, counts[concept]), counts[concept])
+    return [float(rarest.get(s, 1)) ** -power for s in range(n)]
 
 
 def epoch_lr(config: dict, epoch: int) -> float:

@@ -81,12 +81,17 @@ def _png(path: Path) -> np.ndarray:
     return np.asarray(Image.open(path))
 
 
-def _image_samples(root: Path, rows: list[dict]) -> list[Sample]:
+def group_by_item(rows: list[dict]) -> dict[str, list[dict]]:
+    """Manifest rows grouped by ``item_id`` (one item can carry several concepts)."""
     by_item: dict[str, list[dict]] = defaultdict(list)
     for r in rows:
         by_item[r["item_id"]].append(r)
+    return by_item
+
+
+def _image_samples(root: Path, rows: list[dict]) -> list[Sample]:
     out = []
-    for item, rs in by_item.items():
+    for item, rs in group_by_item(rows).items():
         r0 = rs[0]
         img = root / r0["image"]
         masks = {r["concept"]: (lambda p=root / r["mask"]: _mask_png(p)) for r in rs}
@@ -117,11 +122,8 @@ def read_volume(path: Path) -> np.ndarray:
 
 
 def _volume_samples(root: Path, rows: list[dict], n_slices: int) -> list[Sample]:
-    by_item: dict[str, list[dict]] = defaultdict(list)
-    for r in rows:
-        by_item[r["item_id"]].append(r)
     out = []
-    for item, rs in by_item.items():
+    for item, rs in group_by_item(rows).items():
         r0 = rs[0]
         vol = read_volume(root / r0["image"])
         rng = None if vol.dtype == np.uint8 else volume_intensity_range(vol)
