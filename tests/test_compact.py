@@ -55,6 +55,20 @@ def test_segment_mri_slice_shapes_and_encode_once(model, encoder_calls, mri_slic
     assert res["polyp"].presence < model.presence_threshold, "no polyp in a brain MRI"
 
 
+def test_unseen_subtype_is_present_where_its_parent_is(model, mri_slice):
+    from medsam3.preprocess import to_uint8_rgb
+
+    state = model.encode_plane(to_uint8_rgb(mri_slice, "mri"))
+    phrases = ["anterior hippocampus", "hippocampus", "brain", "neoplastic polyp"]
+    presence, _ = model.detect(state, phrases)
+    text = torch.from_numpy(model.text.condition(phrases))
+    with torch.no_grad():
+        own = torch.sigmoid(model.head.decode(state.feats, text, coarse_only=True)[0]).numpy()
+    assert presence[0] == pytest.approx(max(own[0], own[1]))
+    assert presence[1:3] == pytest.approx(own[1:3]), "phrases without a parent keep their own"
+    assert presence[3] < model.presence_threshold, "no polyp, of any kind, in a brain MRI"
+
+
 def test_ct_phrases_share_encodings_per_window(model, encoder_calls):
     import pydicom
     from pydicom.data import get_testdata_file

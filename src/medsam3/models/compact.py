@@ -21,7 +21,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from scipy import ndimage
 
-from medsam3.concepts import nearest, resolve
+from medsam3.concepts import nearest, parent_of, resolve
 from medsam3.models.base import ConceptResult, Instance, Segmenter
 from medsam3.models.concept_head import ConceptHead, HeadConfig
 from medsam3.models.inputs import InputError, check_array, check_concepts, infer_kind
@@ -138,7 +138,27 @@ class CompactSegmenter(Segmenter):
         """
         text = torch.from_numpy(self.text.condition(phrases))
         presence, logits = self.head.decode(state.feats, text)
-        return torch.sigmoid(presence).numpy(), logits
+        return self._with_parent_presence(state, phrases, torch.sigmoid(presence).numpy()), logits
+
+    def _with_parent_presence(self, state: PlaneState, phrases: list[str], presence: np.ndarray):
+        """A subtype with no training masks of its own is present where its parent is.
+
+        The vocabulary sets ``parent`` only for such subtypes ("neoplastic polyp" -> "polyp").
+        The head cannot tell a subtype from its parent, and its presence score also reads the
+        phrase wording, so an unseen subtype would score near 0 on its own images. Its
+        presence is therefore the larger of its own and its parent's; its mask stays its own.
+        """
+        parents = {k: parent_of(p) for k, p in enumerate(phrases) if parent_of(p)}
+        if not parents:
+            return presence
+        names = sorted(set(parents.values()))
+        text = torch.from_numpy(self.text.condition(names))
+        logits, _ = self.head.decode(state.feats, text, coarse_only=True)
+        by_name = dict(zip(names, torch.sigmoid(logits).numpy(), strict=True))
+        out = presence.copy()
+        for k, parent in parents.items():
+            out[k] = max(out[k], by_name[parent])
+        return out
 
     @torch.inference_mode()
     def decoder_masks(self, state: PlaneState, boxes=None, points=None) -> np.ndarray:
