@@ -141,3 +141,47 @@ def test_real_test_images_fetal_head_and_negative(model, shared_data):
         rejected = [res[c].presence < model.presence_threshold for c in negatives]
         assert sum(rejected) >= 3, {c: res[c].presence for c in negatives}
     assert np.mean(dices) > 0.7, dices
+
+
+def test_demo_chest_radiograph_is_shown_as_read_and_its_lungs_are_found(model, tmp_path):
+    """The pydicom CR is MONOCHROME1; written uninverted, its lungs were white and missed."""
+    from PIL import Image
+
+    from medsam3.demo import build_demo
+
+    img = np.asarray(Image.open(build_demo(tmp_path).parent / "data" / "chest_xray.png"))
+    res = model.segment(img, ["lung"], modality="xray")
+    assert res["lung"].presence >= model.presence_threshold
+    lung = res["lung"].mask.astype(bool)
+    assert 0.15 < lung.mean() < 0.6
+    assert img[lung].mean() < img[~lung].mean(), "lung fields are dark on a radiograph"
+
+
+def test_bilateral_midline_needs_one_organ_on_each_side():
+    from medsam3.models.compact import bilateral_midline
+
+    both = np.zeros((40, 100), bool)
+    both[5:35, 10:40] = both[5:35, 60:90] = True
+    assert bilateral_midline(both) == pytest.approx(49.5)
+    one = np.zeros_like(both)
+    one[5:35, 10:40] = True
+    assert bilateral_midline(one) is None, "a single organ has no midline to split at"
+    one[20, 95] = True  # a speck on the other side is not an organ
+    assert bilateral_midline(one) is None
+
+
+@pytest.mark.shared_data
+def test_left_and_right_lung_fall_on_the_patients_sides(model, shared_data):
+    from PIL import Image
+
+    img = np.asarray(Image.open(shared_data / "images/jsrt_hybridgnet/jsrt_jpcln058.png"))
+    res = model.segment(img, ["left lung", "right lung"], modality="xray")
+    for side in ("left", "right"):
+        mask = shared_data / f"masks/jsrt_hybridgnet/jsrt_jpcln058__{side}_lung.png"
+        gt = np.asarray(Image.open(mask)) > 127
+        pred = res[f"{side} lung"].mask.astype(bool)
+        assert 2 * (pred & gt).sum() / (pred.sum() + gt.sum()) > 0.9, side
+    left, right = res["left lung"].mask.astype(bool), res["right lung"].mask.astype(bool)
+    assert not (left & right).any()
+    # radiological orientation: the patient's left lung is on the image's right
+    assert np.flatnonzero(left.any(0)).mean() > np.flatnonzero(right.any(0)).mean()

@@ -84,3 +84,13 @@ def test_concepts_command_lists_every_concept_with_its_parent(capsys):
     assert len(lines) == len(concept_names()) + 1
     polyp = next(line for line in lines if line.startswith("neoplastic polyp "))
     assert " polyp " in polyp[len("neoplastic polyp") :] and "endoscopy" in polyp
+
+
+def test_lateral_pair_names_the_side_of_a_paired_organ():
+    from medsam3.concepts import lateral_pair
+
+    assert lateral_pair("left kidney") == ("left", "kidney")
+    assert lateral_pair("Right_Lung") == ("right", "lung")
+    assert lateral_pair("left atrium") is None, "there is no 'atrium' to split"
+    assert lateral_pair("left lung upper lobe") is None
+    assert lateral_pair("kidney") is None and lateral_pair("zorbly gizmo") is None

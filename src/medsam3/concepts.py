@@ -100,6 +100,21 @@ def parent_of(phrase: str) -> str | None:
     return concept.parent if concept else None
 
 
+def lateral_pair(phrase: str) -> tuple[str, str] | None:
+    """Side and bilateral concept of a sided paired organ, else None.
+
+    "left kidney" -> ("left", "kidney") because "kidney" is itself a vocabulary concept;
+    "left atrium" -> None (there is no "atrium").
+    """
+    concept = get_concept(phrase)
+    if concept is None:
+        return None
+    side, _, base = concept.concept.partition(" ")
+    if side in ("left", "right") and resolve(base) == base:
+        return side, base
+    return None
+
+
 @lru_cache(maxsize=1)
 def _name_matrix() -> tuple[list[str], np.ndarray]:
     from medsam3.models.text_encoder import shared_text_encoder

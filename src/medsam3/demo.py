@@ -20,6 +20,8 @@ import pydicom
 import SimpleITK as sitk
 from PIL import Image
 
+from medsam3.io.dicom import decode_pixels
+
 DEMO_SLICES = 12  # axial slices kept from MNI152 (every 2nd slice around the centre)
 DEMO_FRAMES = 8  # echo cine frames kept
 FAKE_PATIENT = {
@@ -140,7 +142,8 @@ def _write_echo(data_dir: Path) -> None:
 
 
 def _write_2d(data_dir: Path) -> None:
-    xray = pydicom.dcmread(_pydicom_data_file("RG1_UNCR.dcm")).pixel_array.astype(np.float32)
+    path = _pydicom_data_file("RG1_UNCR.dcm")  # MONOCHROME1: inverted, as the reader does
+    xray = decode_pixels(pydicom.dcmread(path), path, []).astype(np.float32)
     xray = (255 * (xray - xray.min()) / max(np.ptp(xray), 1)).astype(np.uint8)
     Image.fromarray(xray).resize((512, 544), Image.LANCZOS).save(data_dir / "chest_xray.png")
     ct = pydicom.dcmread(_pydicom_data_file("693_UNCR.dcm"))

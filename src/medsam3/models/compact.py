@@ -21,7 +21,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from scipy import ndimage
 
-from medsam3.concepts import nearest, parent_of, resolve
+from medsam3.concepts import lateral_pair, nearest, parent_of, resolve
 from medsam3.models.base import ConceptResult, Instance, Segmenter
 from medsam3.models.concept_head import ConceptHead, HeadConfig
 from medsam3.models.inputs import InputError, check_array, check_concepts, infer_kind
@@ -190,16 +190,43 @@ class CompactSegmenter(Segmenter):
 
     @torch.inference_mode()
     def refine(self, state: PlaneState, dense: torch.Tensor, phrase: str) -> np.ndarray:
-        """Dense logits -> final (y, x) bool mask, decoder-refined per component.
+        """Dense logits -> final (y, x) bool mask: decoder-refined, then kept to its side.
 
         Args:
             state: encoded plane.
             dense: (1, 256, 256) dense logits in the padded frame.
-            phrase: the concept (per-phrase refinement switch).
+            phrase: the concept (per-phrase refinement switch; side of "left kidney").
 
         Returns:
             (y, x) bool mask in original pixels.
         """
+        return self._keep_side(state, self._refine_components(state, dense, phrase), phrase)
+
+    @torch.inference_mode()
+    def _keep_side(self, state: PlaneState, mask: np.ndarray, phrase: str) -> np.ndarray:
+        """ "left/right X" of a paired organ X: the patient's side of the X and own masks.
+
+        The head tells left from right poorly (it segments both lungs for "left lung"). Where
+        the mask of X shows one organ on each side of its midline, the result is (own mask |
+        X mask) on the phrase's side of that midline, in radiological orientation (patient's
+        left on the image's right, as in the training images and LPS-ordered volumes).
+        Otherwise (one organ in view, X not found) the own mask is kept.
+        """
+        pair = lateral_pair(phrase)
+        if pair is None or not mask.any():
+            return mask
+        side, base = pair
+        _, logits = self.head.decode(state.feats, torch.from_numpy(self.text.condition([base])))
+        both = (logits_to_original(logits, state.prep)[0, 0] > 0).numpy()
+        midline = bilateral_midline(both)
+        if midline is None:
+            return mask
+        columns = np.arange(mask.shape[1])
+        keep = columns > midline if side == "left" else columns < midline
+        return (mask | both) & keep[None, :]
+
+    def _refine_components(self, state: PlaneState, dense: torch.Tensor, phrase: str):
+        """Dense mask -> decoder mask per component where they agree (IoU >= iou_gate)."""
         mask = (logits_to_original(dense[None], state.prep)[0, 0] > 0).numpy()
         if phrase in self.no_refine or resolve(phrase) in self.no_refine or not mask.any():
             return mask
@@ -338,6 +365,28 @@ class CompactSegmenter(Segmenter):
         from medsam3.propagate import segment_stack
 
         return segment_stack(self, data, phrases, kind, modality)
+
+
+def bilateral_midline(mask: np.ndarray, min_share: float = 0.1) -> float | None:
+    """Column midway across a mask that holds one organ on each side, else None.
+
+    The midline is the centre of the mask's column extent; it counts as bilateral when a
+    connected component of at least ``min_share`` of the mask lies wholly on each side.
+    """
+    labels, n = ndimage.label(mask)
+    if n < 2:
+        return None
+    cols = np.flatnonzero(mask.any(axis=0))
+    midline = (cols[0] + cols[-1]) / 2
+    areas = ndimage.sum_labels(mask, labels, range(1, n + 1))
+    sides = set()
+    for sl, area in zip(ndimage.find_objects(labels), areas, strict=True):
+        if area >= min_share * mask.sum():
+            if sl[1].stop - 1 < midline:
+                sides.add("image left")
+            elif sl[1].start > midline:
+                sides.add("image right")
+    return float(midline) if len(sides) == 2 else None
 
 
 def _box(sl: tuple[slice, slice]) -> tuple[int, int, int, int]:
