@@ -148,7 +148,7 @@ class CompactSegmenter(Segmenter):
         phrase wording, so an unseen subtype would score near 0 on its own images. Its
         presence is therefore the larger of its own and its parent's; its mask stays its own.
         """
-        parents = {k: parent_of(p) for k, p in enumerate(phrases) if parent_of(p)}
+        parents = {k: q for k, p in enumerate(phrases) if (q := parent_of(p))}
         if not parents:
             return presence
         names = sorted(set(parents.values()))
@@ -204,7 +204,7 @@ class CompactSegmenter(Segmenter):
 
     @torch.inference_mode()
     def _keep_side(self, state: PlaneState, mask: np.ndarray, phrase: str) -> np.ndarray:
-        """ "left/right X" of a paired organ X: the patient's side of the X and own masks.
+        """Keep a "left X" / "right X" mask to the patient's side of the paired organ X.
 
         The head tells left from right poorly (it segments both lungs for "left lung"). Where
         the mask of X shows one organ on each side of its midline, the result is (own mask |
