@@ -183,8 +183,8 @@ def colin27_samples(templates: Path = COLIN27_DIR, n_slices: int = 12) -> list[S
     labels = {"brain": read_volume(templates / "ch2bet.nii.gz") > 0}
     labels |= {c: np.isin(aal, values) for c, values in COLIN27_LABELS.items()}
     zs = np.flatnonzero(labels["brain"].sum(axis=(1, 2)) > 0)
-    picks = sorted({int(zs[int(q * (len(zs) - 1))]) for q in np.linspace(0.1, 0.9, n_slices)})
-    picks += [z for z in np.flatnonzero(labels["hippocampus"].any(axis=(1, 2)))[::6]]
+    picks = {int(zs[int(q * (len(zs) - 1))]) for q in np.linspace(0.1, 0.9, n_slices)}
+    picks |= {int(z) for z in np.flatnonzero(labels["hippocampus"].any(axis=(1, 2)))[::6]}
     return [
         Sample(
             f"colin27@z{z}",
@@ -195,7 +195,7 @@ def colin27_samples(templates: Path = COLIN27_DIR, n_slices: int = 12) -> list[S
             lambda p=t1[z]: plane_rgb(p, "mri"),
             {c: (lambda m=m[z]: m) for c, m in labels.items() if m[z].any()},
         )
-        for z in sorted(set(picks))
+        for z in sorted(picks)
     ]
 
 

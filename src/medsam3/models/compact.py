@@ -379,9 +379,10 @@ def bilateral_midline(mask: np.ndarray, min_share: float = 0.1) -> float | None:
     cols = np.flatnonzero(mask.any(axis=0))
     midline = (cols[0] + cols[-1]) / 2
     areas = ndimage.sum_labels(mask, labels, range(1, n + 1))
+    min_area = min_share * areas.sum()
     sides = set()
     for sl, area in zip(ndimage.find_objects(labels), areas, strict=True):
-        if area >= min_share * mask.sum():
+        if area >= min_area:
             if sl[1].stop - 1 < midline:
                 sides.add("image left")
             elif sl[1].start > midline:
