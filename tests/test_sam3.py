@@ -86,6 +86,17 @@ def check_result(res, shape) -> None:
     json.dumps(res.extra)
 
 
+def test_mask_box_is_the_tight_end_exclusive_box(ct_hu):
+    lung = ct_hu < -400  # real CT: air and lung pixels, several components
+    for mask in (lung, lung[:64, 20:90], np.stack([lung, np.zeros_like(lung), lung[::-1]])):
+        idx = np.nonzero(mask)
+        expected = [int(i.min()) for i in idx][::-1] + [int(i.max()) + 1 for i in idx][::-1]
+        assert mask_box(mask) == tuple(expected)
+    single = np.zeros((5, 7), bool)
+    single[3, 6] = True
+    assert mask_box(single) == (6, 3, 7, 4)
+
+
 def test_image_ct_windows_and_feature_reuse(seg, ct_hu):
     calls = []
     hook = seg.detector.vision_encoder.register_forward_hook(lambda *a: calls.append(1))
