@@ -39,6 +39,7 @@ def _cohort(root, n_images: int):
     series = sitk.GetImageFromArray(vol)
     series.SetSpacing((0.8, 0.9, 3.0))
     series.SetOrigin((5.0, -3.0, 12.0))
+    series.SetDirection((-1, 0, 0, 0, -1, 0, 0, 0, 1))  # rows run anterior, as from a RAS NIfTI
     write_dicom_series(series, data / "ct_series", modality="CT")
     rows.append(("ct", "data/ct_series", "", "liver"))
     rows.append(("broken", "data/missing.png", "", ""))
@@ -90,9 +91,11 @@ def test_exports_keep_source_geometry(full_run):
     root, out = full_run
     label, attrs = read_label(out / "zarr" / "ct.zarr", "liver")
     assert attrs["concept"] == "liver" and label.dtype == np.uint8
+    assert attrs["display_order"] == {"transpose": False, "flip_rows": True, "flip_cols": True}
     nifti = sitk.ReadImage(str(out / "masks" / "ct" / "liver.nii.gz"))
     np.testing.assert_allclose(nifti.GetSpacing(), (0.8, 0.9, 3.0), atol=1e-4)
     np.testing.assert_allclose(nifti.GetOrigin(), (5.0, -3.0, 12.0), atol=1e-4)
+    np.testing.assert_allclose(nifti.GetDirection(), (-1, 0, 0, 0, -1, 0, 0, 0, 1), atol=1e-6)
     np.testing.assert_array_equal(sitk.GetArrayFromImage(nifti), label)
     png = np.asarray(Image.open(out / "masks" / "img-0" / "lung.png"))
     assert png.shape == (64, 80)

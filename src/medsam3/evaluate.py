@@ -17,12 +17,16 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
+import SimpleITK as sitk
 from PIL import Image
 from scipy import ndimage
 from tqdm import tqdm
 
+from medsam3.io.image import MedImage
+from medsam3.io.read import read_source
+from medsam3.orientation import segment_in_display_order
 from medsam3.train import _safe_negatives, matthews
-from medsam3.training_data import build_samples, group_by_item, read_manifest, read_volume
+from medsam3.training_data import build_samples, group_by_item, read_manifest
 
 TEST_CAPS = {"HC18": 12, "WBC dataset 1 (Jiangxi Tecom)": 10, "WBC dataset 2 (CellaVision)": 6}
 
@@ -107,10 +111,11 @@ def eval_volumes(model, root: Path, max_concepts: int = 12) -> dict:
     out = {}
     for item, rs in tqdm(group_by_item(rows).items(), desc="test volumes"):
         rs = rs[:max_concepts]
-        vol = read_volume(root / rs[0]["image"])
-        res = model.segment(vol, [r["concept"] for r in rs], modality=rs[0]["modality"])
-        for r in rs:
-            gt = read_volume(root / r["mask"]) == float(r["label_value"])
+        image = read_source(root / rs[0]["image"], modality=rs[0]["modality"])
+        res = segment_in_display_order(model, image, [r["concept"] for r in rs])
+        for r in rs:  # masks come back in stored order, as the ground truth is read
+            gt = sitk.GetArrayFromImage(sitk.ReadImage(str(root / r["mask"])))
+            gt = gt == float(r["label_value"])
             out[f"{item}/{r['concept']}"] = dice(res[r["concept"]].mask, gt)
     return out
 
@@ -125,10 +130,26 @@ def eval_mni152(model) -> dict:
     def array(img) -> np.ndarray:  # nibabel (i, j, k) -> (z, y, x), as SimpleITK reads it
         return np.asarray(img.get_fdata(), np.float32).transpose(2, 1, 0)
 
-    t1 = array(datasets.load_mni152_template(resolution=2))
+    template = datasets.load_mni152_template(resolution=2)
     gt = array(datasets.load_mni152_brain_mask(resolution=2)) > 0.5
-    res = model.segment(t1, ["brain"], modality="mri")
+    res = segment_in_display_order(model, nibabel_volume(template, "mri"), ["brain"])
     return {"mni152_nilearn/brain": dice(res["brain"].mask, gt)}
+
+
+def nibabel_volume(img, modality: str) -> MedImage:
+    """A nibabel image as a MedImage: (z, y, x) array, RAS affine turned into LPS geometry."""
+    affine = np.asarray(img.affine, float)
+    spacing = np.linalg.norm(affine[:3, :3], axis=0)
+    ras_to_lps = np.diag([-1.0, -1.0, 1.0])
+    direction = ras_to_lps @ affine[:3, :3] / spacing
+    return MedImage(
+        array=np.asarray(img.get_fdata(), np.float32).transpose(2, 1, 0),
+        kind="volume",
+        spacing=tuple(spacing.tolist()),
+        origin=tuple((ras_to_lps @ affine[:3, 3]).tolist()),
+        direction=tuple(direction.ravel().tolist()),
+        modality=modality,
+    )
 
 
 def calibrate(model, root: Path, caps: dict, seed: int = 0) -> dict:

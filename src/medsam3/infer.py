@@ -24,6 +24,7 @@ from medsam3.io.atomic import write_json_atomic
 from medsam3.io.image import MedImage
 from medsam3.models.base import ConceptResult, Segmenter
 from medsam3.models.inputs import concept_slug
+from medsam3.orientation import segment_in_display_order
 
 log = logging.getLogger("medsam3.infer")
 
@@ -87,6 +88,7 @@ def _store_result(store: Path, result: ConceptResult, model: Segmenter) -> None:
         "instance_scores": [float(i.score) for i in result.instances][:255],
         "encoding": encoding,
         "nearest_known": list(result.nearest_known),
+        "display_order": result.extra.get("display_order"),  # volumes: flips the model saw
     }
     write_label(store, concept_slug(result.concept), label, attrs)
 
@@ -153,9 +155,7 @@ def segment_study(study: Study, model: Segmenter, cfg: dict) -> dict:
     concepts = concepts_for(study, image.modality, cfg.get("default_concepts", {}))
     todo = [c for c in concepts if c not in _done_concepts(store, concepts, model)]
     if todo:
-        results = model.segment(
-            image.array, todo, modality=image.modality, spacing=image.spacing, kind=image.kind
-        )
+        results = segment_in_display_order(model, image, todo)
         for result in results.values():
             _store_result(store, result, model)
     rows, export_errors = [], []

@@ -11,6 +11,7 @@ import numpy as np
 from medsam3.io.image import MedImage
 from medsam3.models.base import ConceptResult, Segmenter
 from medsam3.models.inputs import concept_slug
+from medsam3.orientation import segment_in_display_order
 
 log = logging.getLogger("medsam3.segment")
 
@@ -40,9 +41,7 @@ def segment_file(
     from medsam3.io.read import read_source
 
     image = read_source(input_path, modality=modality)
-    results = model.segment(
-        image.array, concepts, modality=image.modality, spacing=image.spacing, kind=image.kind
-    )
+    results = segment_in_display_order(model, image, concepts)
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
     summary = {

@@ -23,6 +23,7 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from medsam3.models.litemedsam import IMAGE_SIZE, LiteMedSAM, prepare_image
+from medsam3.orientation import display_order
 from medsam3.preprocess import to_uint8_rgb, volume_intensity_range
 
 
@@ -115,10 +116,11 @@ def _mask_png(path: Path) -> np.ndarray:
 
 
 def read_volume(path: Path) -> np.ndarray:
-    """(z, y, x) array of a NIfTI file via SimpleITK."""
+    """(z, y, x) array of a NIfTI file via SimpleITK, in display order (medsam3.orientation)."""
     import SimpleITK as sitk
 
-    return sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
+    img = sitk.ReadImage(str(path))
+    return display_order(img.GetDirection()).to_display(sitk.GetArrayFromImage(img))
 
 
 def _volume_samples(root: Path, rows: list[dict], n_slices: int) -> list[Sample]:
@@ -298,12 +300,13 @@ def cache_samples(samples: list[Sample], sam: LiteMedSAM, index_path: Path) -> d
 
     index = json.loads(index_path.read_text(encoding="utf-8")) if index_path.is_file() else {}
     for s in tqdm(samples, desc="encode", mininterval=10):
-        if s.item_id in index and feature_path(index[s.item_id]["digest"]).is_file():
-            continue
         rgb = s.load_rgb()
+        digest = prepare_image(rgb).digest  # a plane whose pixels changed is encoded again
+        if index.get(s.item_id, {}).get("digest") == digest and feature_path(digest).is_file():
+            continue
         encode_cached(sam, rgb)
         index[s.item_id] = {
-            "digest": prepare_image(rgb).digest,
+            "digest": digest,
             "split": s.split,
             "dataset": s.dataset,
             "modality": s.modality,

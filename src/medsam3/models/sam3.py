@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from transformers.utils import is_kernels_available
 
-from medsam3.models.base import ConceptResult, Instance, Segmenter
+from medsam3.models.base import ConceptResult, Instance, Segmenter, mask_box
 from medsam3.models.inputs import InputError, check_array, check_concepts, infer_kind
 from medsam3.models.sam3_checkpoint import (
     apply_lora,
@@ -52,23 +52,6 @@ class Detections:
     scores: np.ndarray
     boxes: np.ndarray
     masks: np.ndarray
-
-
-def mask_box(mask: np.ndarray) -> tuple[int, ...]:
-    """Tight end-exclusive box of a non-empty bool mask.
-
-    Args:
-        mask: (y, x) or (z, y, x) bool array with at least one True pixel.
-
-    Returns:
-        (x0, y0, x1, y1) for 2D or (x0, y0, z0, x1, y1, z1) for 3D, pixel units (medsam3.types).
-    """
-    lo, hi = [], []
-    for axis in range(mask.ndim):  # one projection per axis: ~15x faster than np.nonzero
-        hits = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
-        lo.append(int(hits[0]))
-        hi.append(int(hits[-1]) + 1)
-    return tuple(lo[::-1] + hi[::-1])
 
 
 def plane_key(modality: str | None, concept: str) -> tuple[float, float] | None:
