@@ -54,6 +54,14 @@ def test_slightly_oblique_volumes_use_the_nearest_axes_and_spacing_follows_a_swa
     assert display_order(None).identity
 
 
+def test_a_volume_too_oblique_to_name_a_plane_is_kept_as_stored(caplog):
+    c = np.sqrt(0.5)  # rotated 45 degrees about S: index x and y lie between left and posterior
+    direction = (c, -c, 0.0, c, c, 0.0, 0.0, 0.0, 1.0)
+    with caplog.at_level("WARNING", logger="medsam3.orientation"):
+        assert display_order(direction).identity
+    assert "too oblique" in caplog.text
+
+
 def test_every_display_order_maps_back_exactly():
     stored = np.random.default_rng(0).random((3, 5, 7))
     for flags in itertools.product([False, True], repeat=3):

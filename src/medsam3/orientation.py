@@ -16,9 +16,12 @@ voxel grid and keeps the input's geometry.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import numpy as np
+
+log = logging.getLogger("medsam3.orientation")
 
 # world axes in SimpleITK's LPS frame: 0 = L(eft), 1 = P(osterior), 2 = S(uperior)
 # slice normal -> ((world axis, sign) that rows run along, (world axis, sign) columns run along)
@@ -78,7 +81,8 @@ def display_order(direction: tuple[float, ...] | None) -> DisplayOrder:
         return DisplayOrder()
     cosines = np.asarray(direction, float).reshape(3, 3)  # [world axis, index axis]
     world = np.abs(cosines).argmax(axis=0)  # world axis nearest to index axes x, y, z
-    if len(set(world.tolist())) != 3:  # too oblique to name a plane: leave it as stored
+    if len(set(world.tolist())) != 3:
+        log.warning("direction %s is too oblique to name a plane: volume kept as stored", direction)
         return DisplayOrder()
     sign = np.sign(cosines[world, [0, 1, 2]])
     (row_axis, row_sign), (col_axis, col_sign) = _TARGETS[int(world[2])]
