@@ -17,9 +17,14 @@ voxel grid and keeps the input's geometry.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from medsam3.io.image import MedImage
+    from medsam3.models.base import ConceptResult, Segmenter
 
 log = logging.getLogger("medsam3.orientation")
 
@@ -95,7 +100,9 @@ def display_order(direction: tuple[float, ...] | None) -> DisplayOrder:
     )
 
 
-def segment_in_display_order(model, image, concepts: list[str], **kw) -> dict:
+def segment_in_display_order(
+    model: Segmenter, image: MedImage, concepts: list[str], **kw
+) -> dict[str, ConceptResult]:
     """``model.segment`` on a MedImage, volumes in display order, masks back in stored order.
 
     Args:
@@ -124,7 +131,7 @@ def segment_in_display_order(model, image, concepts: list[str], **kw) -> dict:
     return results
 
 
-def _to_stored(result, order: DisplayOrder) -> None:
+def _to_stored(result: ConceptResult, order: DisplayOrder) -> None:
     """Map a volume's ConceptResult (union and instances) back to the stored order, in place."""
     from medsam3.models.base import mask_box
 
@@ -132,8 +139,4 @@ def _to_stored(result, order: DisplayOrder) -> None:
     for inst in result.instances:
         inst.mask = order.to_stored(inst.mask)
         inst.box = mask_box(inst.mask) if inst.mask.any() else inst.box
-    result.extra["display_order"] = {
-        "transpose": order.transpose,
-        "flip_rows": order.flip_rows,
-        "flip_cols": order.flip_cols,
-    }
+    result.extra["display_order"] = asdict(order)
