@@ -87,12 +87,17 @@ def timed(fn, reps: int = 1, label: str = "") -> tuple[float, object]:
     return float(np.median(times)), out
 
 
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    """Dice of two masks; 1.0 when both are empty (here, not medsam3.evaluate's: the GPU
+    machine's image has no SimpleITK)."""
+    a, b = a.astype(bool), b.astype(bool)
+    denom = a.sum() + b.sum()
+    return float(2 * (a & b).sum() / denom) if denom else 1.0
+
+
 def consistency(mask: np.ndarray) -> dict:
     """Slice-to-slice Dice of a (z, y, x) mask and its coverage."""
-    dices = []
-    for a, b in zip(mask[:-1].astype(bool), mask[1:].astype(bool), strict=True):
-        if a.any() or b.any():
-            dices.append(2 * (a & b).sum() / (a.sum() + b.sum()))
+    dices = [dice(a, b) for a, b in zip(mask[:-1], mask[1:], strict=True) if a.any() or b.any()]
     return {
         "adjacent_dice": round(float(np.mean(dices)), 4) if dices else None,
         "slices_with_mask": int(mask.any(axis=(1, 2)).sum()),
@@ -106,13 +111,6 @@ def build(scale: str, device: str = "cpu", dtype: str = "float32"):
     return build_random_sam3(
         scale, device=device, dtype=dtype, score_threshold=0.2, track_thresholds=(0.2, 0.2)
     )
-
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    """Dice of two masks; 1.0 when both are empty."""
-    a, b = a.astype(bool), b.astype(bool)
-    denom = a.sum() + b.sum()
-    return float(2 * (a & b).sum() / denom) if denom else 1.0
 
 
 def run_paths(seg, image, modality, volume) -> dict:
@@ -177,9 +175,7 @@ def bench_scale(
             row["propagate_scan_s"] = round(scan_s, 2)
         row[f"{mode}_instances"] = len(res.instances)
         row[f"{mode}_consistency"] = consistency(res.mask)
-    a, b = (masks[m].astype(bool) for m in ("per_slice", "propagate"))
-    denom = a.sum() + b.sum()
-    row["mode_agreement_dice"] = round(float(2 * (a & b).sum() / denom), 4) if denom else None
+    row["mode_agreement_dice"] = round(dice(masks["per_slice"], masks["propagate"]), 4)
     row["ratio_propagate_to_per_slice"] = round(
         row["volume100_propagate_s"] / row["volume100_per_slice_s"], 2
     )
