@@ -185,3 +185,38 @@ def test_left_and_right_lung_fall_on_the_patients_sides(model, shared_data):
     assert not (left & right).any()
     # radiological orientation: the patient's left lung is on the image's right
     assert np.flatnonzero(left.any(0)).mean() > np.flatnonzero(right.any(0)).mean()
+
+
+def test_tile_grid_covers_the_image_with_overlapping_tiles():
+    from medsam3.concepts import tiles_of
+    from medsam3.models.compact import tile_grid
+
+    tiles = tile_grid((584, 565), 2, 0.6)
+    assert len(tiles) == 4
+    covered = np.zeros((584, 565), int)
+    for sl in tiles:
+        covered[sl] += 1
+        assert covered[sl].shape == (350, 339)
+    assert covered.min() == 1 and covered.max() == 4  # every pixel, the centre four times
+    assert tiles_of("retinal vessels") == 2 and tiles_of("polyp") == tiles_of("zorbly") == 1
+
+
+@pytest.mark.shared_data
+def test_thin_vessels_gain_from_tiles(model, shared_data):
+    from PIL import Image
+
+    img = np.asarray(Image.open(shared_data / "images/drive/drive_training_27.png").convert("RGB"))
+    gt = np.asarray(Image.open(shared_data / "masks/drive/drive_training_27__retinal_vessel.png"))
+    gt = (gt[..., 0] if gt.ndim == 3 else gt) > 127
+
+    def dice(mask) -> float:
+        return 2 * (mask.astype(bool) & gt).sum() / (mask.astype(bool).sum() + gt.sum())
+
+    whole = model.segment_plane(img, ["retinal vessel"], "fundus")["retinal vessel"]
+    tiled = model.segment(img, ["retinal vessel"], "fundus")["retinal vessel"]
+    assert tiled.extra["tiles"] == 4 and "tiles" not in whole.extra
+    assert (tiled.mask >= whole.mask).all(), "tiles only add vessel pixels"
+    assert dice(tiled.mask) > dice(whole.mask) + 0.03  # val image: 0.615 -> 0.676
+    boxes = {"retinal vessel": [(0, 0, 99, 99)]}
+    box = model.segment(img, ["retinal vessel"], "fundus", boxes=boxes)
+    assert "tiles" not in box["retinal vessel"].extra, "a prompted concept is never tiled"

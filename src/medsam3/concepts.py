@@ -28,6 +28,8 @@ class Concept:
             None. Set only for concepts with no training annotations of their own: the compact
             head is conditioned on the phrase and its parent together, so such a concept
             inherits what was learned for its parent (and cannot be told apart from it).
+        tiles: for thin structures on 2D images, n > 1 also segments an n x n grid of
+            overlapping tiles at a larger scale and adds their masks (compact backend).
     """
 
     concept: str
@@ -35,6 +37,7 @@ class Concept:
     modality: tuple[str, ...]
     body_part: str
     parent: str | None = None
+    tiles: int = 1
 
 
 def _norm(phrase: str) -> str:
@@ -56,6 +59,7 @@ def load_vocabulary() -> tuple[Concept, ...]:
             tuple(e["modality"]),
             e["body_part"],
             e.get("parent"),
+            int(e.get("tiles", 1)),
         )
         for e in json.loads(text)["concepts"]
     )
@@ -98,6 +102,12 @@ def parent_of(phrase: str) -> str | None:
     """The vocabulary parent of a known phrase (name or synonym), else None."""
     concept = get_concept(phrase)
     return concept.parent if concept else None
+
+
+def tiles_of(phrase: str) -> int:
+    """Tile grid size of a known phrase for thin structures on 2D images (1: no tiling)."""
+    concept = get_concept(phrase)
+    return concept.tiles if concept else 1
 
 
 def lateral_pair(phrase: str) -> tuple[str, str] | None:

@@ -71,7 +71,7 @@ def eval_images(model, root: Path, caps: dict, n_neg: int = 2, seed: int = 0) ->
         pool = [c for c, (m, b) in safe.items() if s.modality not in m and s.body_part not in b]
         negs = rng.sample(pool, min(n_neg, len(pool)))
         rgb = s.load_rgb()
-        res = model.segment_plane(rgb, pos + negs)
+        res = model.segment(rgb, pos + negs, kind="image")
         state = model.encode_plane(rgb)
         for c in pos:
             gt = s.masks[c]()

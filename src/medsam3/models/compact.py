@@ -21,13 +21,15 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from scipy import ndimage
 
-from medsam3.concepts import lateral_pair, nearest, parent_of, resolve
+from medsam3.concepts import lateral_pair, nearest, parent_of, resolve, tiles_of
 from medsam3.models.base import ConceptResult, Instance, Segmenter
 from medsam3.models.concept_head import ConceptHead, HeadConfig
 from medsam3.models.inputs import InputError, check_array, check_concepts, infer_kind
 from medsam3.models.litemedsam import LiteMedSAM, Prepared, logits_to_original, prepare_image
 from medsam3.models.text_encoder import shared_text_encoder
 from medsam3.preprocess import ct_window_for, to_uint8_rgb
+
+TILE_SIDE = 0.6  # thin-structure tiles: share of the image side (2 x 2 tiles overlap by 0.2)
 
 
 def default_checkpoint() -> Path:
@@ -361,10 +363,43 @@ class CompactSegmenter(Segmenter):
         if kind == "image":
             if data.ndim == 3 and data.shape[-1] == 1:
                 data = data[..., 0]
-            return self.segment_plane(data, phrases, modality, boxes, points)
+            results = self.segment_plane(data, phrases, modality, boxes, points)
+            prompted = set(boxes or {}) | set(points or {})
+            return self._add_tiles(data, results, modality, prompted)
         from medsam3.propagate import segment_stack
 
         return segment_stack(self, data, phrases, kind, modality)
+
+    def _add_tiles(self, image, results, modality, prompted: set) -> dict[str, ConceptResult]:
+        """Thin structures (vocabulary ``tiles`` n > 1) found on the whole image: OR in their
+        masks from an n x n grid of overlapping tiles, each TILE_SIDE of the image's side, where
+        vessels a pixel or two wide at the encoder's 256 px become wide enough to draw.
+        """
+        thin = [
+            p
+            for p, r in results.items()
+            if tiles_of(p) > 1 and p not in prompted and r.presence >= self.presence_threshold
+        ]
+        for n in sorted({tiles_of(p) for p in thin}):
+            group = [p for p in thin if tiles_of(p) == n]
+            masks = {p: results[p].mask.astype(bool) for p in group}
+            for sl in tile_grid(image.shape[:2], n, TILE_SIDE):
+                for p, r in self.segment_plane(image[sl], group, modality).items():
+                    masks[p][sl] |= r.mask.astype(bool)
+            for p in group:
+                mask, results[p].instances = self.instances(masks[p], results[p].presence)
+                results[p].mask = mask.astype(np.uint8)
+                results[p].extra["tiles"] = n * n
+        return results
+
+
+def tile_grid(shape: tuple[int, int], n: int, side: float) -> list[tuple[slice, slice]]:
+    """An n x n grid of (y, x) tiles, each ``side`` of the image's height and width, spread
+    evenly from edge to edge (overlapping when n * side > 1)."""
+    h, w = (max(1, int(round(side * s))) for s in shape)
+    ys = np.linspace(0, shape[0] - h, n).astype(int)
+    xs = np.linspace(0, shape[1] - w, n).astype(int)
+    return [(slice(y, y + h), slice(x, x + w)) for y in ys for x in xs]
 
 
 def bilateral_midline(mask: np.ndarray, min_share: float = 0.1) -> float | None:
