@@ -127,17 +127,15 @@ def eval_mni152(model) -> dict:
     """
     from nilearn import datasets
 
-    def array(img) -> np.ndarray:  # nibabel (i, j, k) -> (z, y, x), as SimpleITK reads it
-        return np.asarray(img.get_fdata(), np.float32).transpose(2, 1, 0)
-
-    template = datasets.load_mni152_template(resolution=2)
-    gt = array(datasets.load_mni152_brain_mask(resolution=2)) > 0.5
-    res = segment_in_display_order(model, nibabel_volume(template, "mri"), ["brain"])
+    template = nibabel_volume(datasets.load_mni152_template(resolution=2), "mri")
+    gt = nibabel_volume(datasets.load_mni152_brain_mask(resolution=2), "mri").array > 0.5
+    res = segment_in_display_order(model, template, ["brain"])
     return {"mni152_nilearn/brain": dice(res["brain"].mask, gt)}
 
 
 def nibabel_volume(img, modality: str) -> MedImage:
-    """A nibabel image as a MedImage: (z, y, x) array, RAS affine turned into LPS geometry."""
+    """A nibabel image as a MedImage: (z, y, x) array as SimpleITK reads it, RAS affine turned
+    into LPS geometry."""
     affine = np.asarray(img.affine, float)
     spacing = np.linalg.norm(affine[:3, :3], axis=0)
     ras_to_lps = np.diag([-1.0, -1.0, 1.0])

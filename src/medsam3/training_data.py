@@ -22,7 +22,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-from medsam3.models.litemedsam import IMAGE_SIZE, LiteMedSAM, prepare_image
+from medsam3.models.litemedsam import IMAGE_SIZE, LiteMedSAM, Prepared, prepare_image
 from medsam3.orientation import display_order
 from medsam3.preprocess import to_uint8_rgb, volume_intensity_range
 
@@ -242,18 +242,17 @@ def feature_path(digest: str) -> Path:
     return cache_dir() / "features" / f"{digest}.safetensors"
 
 
-def encode_cached(sam: LiteMedSAM, rgb: np.ndarray) -> dict[str, torch.Tensor]:
-    """Encode one RGB plane, reading/writing the feature cache.
+def encode_cached(sam: LiteMedSAM, prep: Prepared) -> dict[str, torch.Tensor]:
+    """Encode one prepared plane, reading/writing the feature cache.
 
     Args:
         sam: LiteMedSAM wrapper.
-        rgb: (y, x, 3) uint8 plane.
+        prep: the plane as ``prepare_image`` returns it (its digest keys the cache).
 
     Returns:
         {"embedding": (256, 64, 64) float16, "frame": (3, 256, 256) uint8,
         "geometry": int64 [orig_h, orig_w, resized_h, resized_w]}.
     """
-    prep = prepare_image(rgb)
     path = feature_path(prep.digest)
     if path.is_file():
         return load_file(path)
@@ -300,13 +299,13 @@ def cache_samples(samples: list[Sample], sam: LiteMedSAM, index_path: Path) -> d
 
     index = json.loads(index_path.read_text(encoding="utf-8")) if index_path.is_file() else {}
     for s in tqdm(samples, desc="encode", mininterval=10):
-        rgb = s.load_rgb()
-        digest = prepare_image(rgb).digest  # a plane whose pixels changed is encoded again
-        if index.get(s.item_id, {}).get("digest") == digest and feature_path(digest).is_file():
+        prep = prepare_image(s.load_rgb())
+        known = index.get(s.item_id, {}).get("digest") == prep.digest  # else its pixels changed
+        if known and feature_path(prep.digest).is_file():
             continue
-        encode_cached(sam, rgb)
+        encode_cached(sam, prep)
         index[s.item_id] = {
-            "digest": digest,
+            "digest": prep.digest,
             "split": s.split,
             "dataset": s.dataset,
             "modality": s.modality,

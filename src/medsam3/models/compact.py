@@ -126,7 +126,7 @@ class CompactSegmenter(Segmenter):
         if self.feature_cache:
             from medsam3.training_data import encode_cached
 
-            emb = encode_cached(self.sam, rgb)["embedding"][None].float()
+            emb = encode_cached(self.sam, prep)["embedding"][None].float()
         else:
             emb = self.sam.encode(prep)
         return PlaneState(prep, emb, self.head.image_features(emb, prep.tensor))
@@ -211,7 +211,8 @@ class CompactSegmenter(Segmenter):
         The head tells left from right poorly (it segments both lungs for "left lung"). Where
         the mask of X shows one organ on each side of its midline, the result is (own mask |
         X mask) on the phrase's side of that midline, in radiological orientation (patient's
-        left on the image's right, as in the training images and LPS-ordered volumes).
+        left on the image's right, as in the training images and in volumes segmented in
+        display order, medsam3.orientation).
         Otherwise (one organ in view, X not found) the own mask is kept.
         """
         pair = lateral_pair(phrase)
