@@ -157,6 +157,22 @@ def test_demo_chest_radiograph_is_shown_as_read_and_its_lungs_are_found(model, t
     assert img[lung].mean() < img[~lung].mean(), "lung fields are dark on a radiograph"
 
 
+def test_a_phrase_in_another_language_runs_and_is_flagged(model, tmp_path, caplog):
+    """Documented behaviour: phrases are not translated; an unknown one still runs, is logged
+    with its nearest known concepts, and the summary names them."""
+    from medsam3.demo import build_demo
+    from medsam3.segment_file import segment_file
+
+    xray = build_demo(tmp_path).parent / "data" / "chest_xray.png"
+    with caplog.at_level("WARNING", logger="medsam3.segment"):
+        summary = segment_file(xray, ["poumon", "lung"], tmp_path / "out", model)
+    assert (tmp_path / "out" / "poumon.png").is_file()
+    assert len(summary["concepts"]["poumon"]["nearest_known"]) == 3
+    assert summary["concepts"]["lung"]["nearest_known"] == []
+    flagged = [r.getMessage() for r in caplog.records if "not in the vocabulary" in r.getMessage()]
+    assert len(flagged) == 1 and "'poumon'" in flagged[0]
+
+
 def test_bilateral_midline_needs_one_organ_on_each_side():
     from medsam3.models.compact import bilateral_midline
 

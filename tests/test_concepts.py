@@ -14,6 +14,7 @@ from medsam3.concepts import (
     nearest,
     parent_of,
     resolve,
+    unknown_phrase_warning,
 )
 
 
@@ -43,6 +44,15 @@ def test_nearest_uses_meaning_not_spelling():
     assert "lung" in nearest("pulmonary lobes", k=1)[0][0]
     assert nearest("tumour of the liver", k=1)[0][0] == "liver tumor"
     assert all(-1.0 <= s <= 1.0 for _, s in near)
+
+
+def test_phrases_outside_the_vocabulary_are_flagged_with_their_nearest_concepts():
+    assert unknown_phrase_warning("liver") is None
+    assert unknown_phrase_warning("Leukocyte") is None  # a synonym is known
+    warning = unknown_phrase_warning("Leber")  # German for liver: MiniLM is English-only
+    assert "'Leber' is not in the vocabulary" in warning and "not translated" in warning
+    near = [c for c, _ in nearest("Leber", k=3)]
+    assert all(c in warning for c in near)
 
 
 def test_shipped_head_lists_the_vocabulary():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import zlib
 from pathlib import Path
 
 import av
@@ -147,6 +148,29 @@ def test_bad_files_raise(tmp_path):
     (tmp_path / "table.xlsx").write_bytes(b"PK")
     with pytest.raises(ReadError, match="unsupported file type '.xlsx'"):
         read_source(tmp_path / "table.xlsx")
+
+
+def _png_claiming_size(path: Path, width: int, height: int) -> Path:
+    """A real 1 x 1 PNG whose header (IHDR, CRC fixed) claims width x height pixels."""
+    Image.fromarray(np.zeros((1, 1), np.uint8)).save(path)
+    data = bytearray(path.read_bytes())
+    ihdr = data.index(b"IHDR")
+    data[ihdr + 4 : ihdr + 12] = width.to_bytes(4, "big") + height.to_bytes(4, "big")
+    crc = zlib.crc32(bytes(data[ihdr : ihdr + 17]))
+    data[ihdr + 17 : ihdr + 21] = crc.to_bytes(4, "big")
+    path.write_bytes(bytes(data))
+    return path
+
+
+@pytest.mark.parametrize("side", [9000, 20000])
+def test_oversized_images_are_refused_before_decoding(tmp_path, side):
+    """9000^2 passes Pillow's decompression-bomb guard but not ours; 20000^2 trips both."""
+    png = _png_claiming_size(tmp_path / f"huge_{side}.png", side, side)
+    if side < 10000:  # Pillow opens it: our check is what refuses it
+        with Image.open(png) as im:
+            assert im.size == (side, side)
+    with pytest.raises(ReadError, match=r"at most 67,108,864 pixels .* downsample or tile"):
+        read_source(png)
 
 
 def test_digest_depends_on_bytes_not_names(tmp_path):

@@ -159,6 +159,22 @@ def nearest(phrase: str, k: int = 3) -> list[tuple[str, float]]:
     return sorted(best.items(), key=lambda kv: -kv[1])[:k]
 
 
+def unknown_phrase_warning(phrase: str) -> str | None:
+    """A warning for a phrase outside the vocabulary naming its nearest known concepts, else None.
+
+    Such a phrase still runs: its MiniLM embedding drives the head. MiniLM is an English
+    encoder and phrases are not translated, so "Leber" is not "liver".
+    """
+    if resolve(phrase):
+        return None
+    near = ", ".join(f"{c} ({s:.2f})" for c, s in nearest(phrase, k=3))
+    return (
+        f"{phrase!r} is not in the vocabulary (`medsam3 concepts` lists it); it is segmented from "
+        f"its English phrase embedding, nearest known: {near}. Phrases are not translated: "
+        "give the English name."
+    )
+
+
 def vocabulary_table() -> list[dict]:
     """Rows for ``medsam3 concepts``: concept, synonyms, modality, body_part, parent (strings)."""
     return [

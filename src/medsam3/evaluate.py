@@ -1,4 +1,4 @@
-"""Evaluate the compact backend on the shared data's test split.
+"""Evaluate the compact backend on the shared data's test split (or val, for selection).
 
 Metrics: Dice per present (item, concept) pair and per concept; presence MCC over positives
 (annotated pairs) and negatives (item x concepts of other modalities and body parts); the ratio
@@ -6,6 +6,7 @@ Dice(text prompt) / Dice(LiteMedSAM prompted with the ground-truth component box
 per-frame Dice; volume Dice. Usage::
 
     python -m medsam3.evaluate --data /work/shared/data --out results/eval_compact
+    python -m medsam3.evaluate --split val --out results/eval_val   # choose variants on val
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from tqdm import tqdm
 from medsam3.io.image import MedImage
 from medsam3.io.read import read_source
 from medsam3.orientation import segment_in_display_order
-from medsam3.train import _safe_negatives, matthews
+from medsam3.train import _safe_negatives, load_config_caps, matthews
 from medsam3.training_data import build_samples, group_by_item, read_manifest
 
 TEST_CAPS = {"HC18": 12, "WBC dataset 1 (Jiangxi Tecom)": 10, "WBC dataset 2 (CellaVision)": 6}
@@ -56,17 +57,19 @@ def gt_box_mask(model, state, gt: np.ndarray) -> np.ndarray:
     return model.decoder_union(state, np.array(boxes, np.float32))
 
 
-def eval_images(model, root: Path, caps: dict, n_neg: int = 2, seed: int = 0) -> dict:
-    """Dice, GT-box Dice and presence labels over the test 2D images.
+def eval_images(
+    model, root: Path, caps: dict, n_neg: int = 2, seed: int = 0, split: str = "test"
+) -> dict:
+    """Dice, GT-box Dice and presence labels over a split's 2D images.
 
     Returns:
         {"pairs": [{item, concept, dataset, dice, box_dice, presence}], "presence": [(y, p)]}.
     """
-    samples = [s for s in build_samples(root, ("test",), caps) if "@z" not in s.item_id]
+    samples = [s for s in build_samples(root, (split,), caps) if "@z" not in s.item_id]
     safe = _safe_negatives(root)
     rng = random.Random(seed)
     pairs, pres = [], []
-    for s in tqdm(samples, desc="test images", mininterval=10):
+    for s in tqdm(samples, desc=f"{split} images", mininterval=10):
         pos = list(s.masks)
         pool = [c for c, (m, b) in safe.items() if s.modality not in m and s.body_part not in b]
         negs = rng.sample(pool, min(n_neg, len(pool)))
@@ -90,9 +93,9 @@ def eval_images(model, root: Path, caps: dict, n_neg: int = 2, seed: int = 0) ->
     return {"pairs": pairs, "presence": pres}
 
 
-def eval_video(model, root: Path) -> dict:
-    """Per-frame Dice on the CVC-ClinicDB polyp sequence (test split)."""
-    rows = [r for r in read_manifest(root) if r["kind"] == "video" and r["split"] == "test"]
+def eval_video(model, root: Path, split: str = "test") -> dict:
+    """Per-frame Dice on a split's videos (the CVC-ClinicDB polyp sequence is in test)."""
+    rows = [r for r in read_manifest(root) if r["kind"] == "video" and r["split"] == split]
     out = {}
     for r in rows:
         frames = sorted((root / r["image"]).glob("*.png"))
@@ -105,11 +108,11 @@ def eval_video(model, root: Path) -> dict:
     return out
 
 
-def eval_volumes(model, root: Path, max_concepts: int = 12) -> dict:
-    """3D Dice of each test volume's concepts (at most max_concepts per volume)."""
-    rows = [r for r in read_manifest(root) if r["kind"] == "volume" and r["split"] == "test"]
+def eval_volumes(model, root: Path, max_concepts: int = 12, split: str = "test") -> dict:
+    """3D Dice of each of a split's volumes' concepts (at most max_concepts per volume)."""
+    rows = [r for r in read_manifest(root) if r["kind"] == "volume" and r["split"] == split]
     out = {}
-    for item, rs in tqdm(group_by_item(rows).items(), desc="test volumes"):
+    for item, rs in tqdm(group_by_item(rows).items(), desc=f"{split} volumes"):
         rs = rs[:max_concepts]
         image = read_source(root / rs[0]["image"], modality=rs[0]["modality"])
         res = segment_in_display_order(model, image, [r["concept"] for r in rs])
@@ -257,7 +260,7 @@ def markdown(summary: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """CLI: evaluate on the test split, print a table, write summary.json and summary.md.
+    """CLI: evaluate on a split (default test), print a table, write summary.json and .md.
 
     Args:
         argv: command-line arguments (see --help).
@@ -270,6 +273,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--data", default="../shared/data")
     ap.add_argument("--checkpoint", default=None)
     ap.add_argument("--out", default="results/eval_compact")
+    ap.add_argument(
+        "--split",
+        default="test",
+        choices=["test", "val"],
+        help="val to choose between variants; test (default) to report the chosen one",
+    )
     ap.add_argument("--skip", nargs="*", default=[], choices=["images", "video", "volumes"])
     ap.add_argument("--max-volume-concepts", type=int, default=12)
     ap.add_argument(
@@ -285,11 +294,15 @@ def main(argv: list[str] | None = None) -> None:
     if args.calibrate:
         _write_refinement(model, root, args.checkpoint)
         return
-    images = eval_images(model, root, TEST_CAPS) if "images" not in args.skip else None
-    video = eval_video(model, root) if "video" not in args.skip else {}
+    split = args.split
+    caps = TEST_CAPS if split == "test" else load_config_caps(split)
+    images = eval_images(model, root, caps, split=split) if "images" not in args.skip else None
+    video = eval_video(model, root, split) if "video" not in args.skip else {}
     volumes = {}
     if "volumes" not in args.skip:
-        volumes = eval_volumes(model, root, args.max_volume_concepts) | eval_mni152(model)
+        volumes = eval_volumes(model, root, args.max_volume_concepts, split)
+        if split == "test":  # the MNI152 template is a held-out check, reported with test
+            volumes |= eval_mni152(model)
     summary = summarise(images or {"pairs": [], "presence": []}, video, volumes)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -302,7 +315,6 @@ def main(argv: list[str] | None = None) -> None:
 
 def _write_refinement(model, root: Path, checkpoint: str | None) -> None:
     from medsam3.models.compact import default_checkpoint
-    from medsam3.train import load_config_caps
 
     cal = calibrate(model, root, load_config_caps("val"))
     info_path = Path(checkpoint or default_checkpoint()).with_suffix(".json")

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
+MAX_PIXELS_2D = 8192 * 8192  # larger 2D planes are refused; tile or downsample them first
+
 # UIDs (dotted digit strings) and 8-digit dates may come from DICOM headers via library errors.
 _UID_RE = re.compile(r"\b\d+(?:\.\d+){3,}\b")
 _DATE_RE = re.compile(r"\b(?:19|20)\d{6}\b")

@@ -13,7 +13,7 @@ import numpy as np
 import SimpleITK as sitk
 from PIL import Image, UnidentifiedImageError
 
-from medsam3.io.common import ReadError, check_finite, scrub
+from medsam3.io.common import MAX_PIXELS_2D, ReadError, check_finite, scrub
 from medsam3.io.image import MedImage
 
 SITK_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
@@ -78,6 +78,18 @@ def _pil_to_array(im: Image.Image) -> np.ndarray:
     return np.asarray(im.convert("RGB"), dtype=np.uint8)
 
 
+_TOO_LARGE = (
+    f"medsam3 segments 2D images of at most {MAX_PIXELS_2D:,} pixels (8192 x 8192); "
+    "downsample or tile it first"
+)
+
+
+def _check_size(path: Path, width: int, height: int) -> None:
+    """Refuse an image over MAX_PIXELS_2D before its pixels are decoded."""
+    if width * height > MAX_PIXELS_2D:
+        raise ReadError(f"{path}: image of {width} x {height} pixels is too large; {_TOO_LARGE}")
+
+
 def read_2d(path: Path) -> MedImage:
     """Read a PNG / JPEG / TIFF / BMP image with Pillow.
 
@@ -95,12 +107,17 @@ def read_2d(path: Path) -> MedImage:
     warnings = []
     try:
         with Image.open(path) as im:
+            _check_size(path, *im.size)
             if getattr(im, "n_frames", 1) > 1:
                 warnings.append(f"multi-page image: only the first of {im.n_frames} pages read")
             if im.mode in ("RGBA", "LA", "PA") or "transparency" in im.info:
                 warnings.append("alpha channel dropped")
             array = _pil_to_array(im)
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
+    except ReadError:
+        raise
+    except Image.DecompressionBombError as exc:
+        raise ReadError(f"{path}: {scrub(exc)} {_TOO_LARGE}") from exc
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
         raise ReadError(
             f"{path}: not a readable image ({scrub(exc)}); re-save it as PNG or TIFF"
         ) from exc

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from medsam3.io.common import MAX_PIXELS_2D
 from medsam3.types import Kind
-
-MAX_PIXELS_2D = 8192 * 8192  # larger 2D inputs are refused; tile or downsample them first
 
 
 class InputError(ValueError):

