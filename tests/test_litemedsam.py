@@ -1,0 +1,25 @@
+"""LiteMedSAM as medsam3 runs it: the fused, channels-last encoder matches the shipped one."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from medsam3.models.litemedsam import LiteMedSAM, build_litemedsam, prepare_image
+
+
+def test_fused_encoder_gives_the_shipped_encoders_embedding():
+    from nilearn.datasets import load_mni152_template
+
+    torch.set_num_threads(2)
+    vol = load_mni152_template().get_fdata().astype(np.float32)
+    plane = np.rot90(vol[:, :, vol.shape[2] // 2])
+    rgb = np.repeat((255 * plane / plane.max()).astype(np.uint8)[..., None], 3, axis=-1)
+    prep = prepare_image(rgb)
+    shipped = LiteMedSAM(build_litemedsam(fuse=False))
+    fused = LiteMedSAM()
+    assert not any(type(m).__name__ == "Conv2d_BN" for m in fused.net.image_encoder.modules())
+    assert any(type(m).__name__ == "Conv2d_BN" for m in shipped.net.image_encoder.modules())
+    a, b = shipped.encode(prep), fused.encode(prep)
+    assert a.shape == b.shape == (1, 256, 64, 64) and b.is_contiguous()
+    assert float((a - b).abs().max()) < 1e-4 * float(a.abs().max())
