@@ -55,6 +55,30 @@ def test_segment_mri_slice_shapes_and_encode_once(model, encoder_calls, mri_slic
     assert res["polyp"].presence < model.presence_threshold, "no polyp in a brain MRI"
 
 
+def test_only_large_components_go_to_the_decoder(model, mri_slice):
+    """Fragments under refine_min_share of the largest component keep their dense shape."""
+    from medsam3.preprocess import to_uint8_rgb
+
+    state = model.encode_plane(to_uint8_rgb(mri_slice, "mri"))
+    dense = torch.full((1, 256, 256), -10.0)
+    dense[:, 60:160, 60:160] = 10.0  # 10,000 px in the frame
+    for y in (20, 180, 220):
+        dense[:, y : y + 6, 20:26] = 10.0  # 36 px each: 0.4% of the large one
+    boxes = []
+    decode = model.sam.decode
+    model.sam.decode = lambda *a, **k: boxes.append(len(k["boxes"])) or decode(*a, **k)
+    try:
+        mask = model.refine(state, dense, "brain")
+    finally:
+        model.sam.decode = decode
+    assert boxes == [1], "one decoder box: the large component only"
+    frame = (dense[0] > 0).numpy()
+    scale = np.array(mri_slice.shape) / np.array(state.prep.resized)
+    for y in (20, 180, 220):  # each fragment is still there, as drawn
+        cy, cx = int((y + 3) * scale[0]), int(23 * scale[1])
+        assert frame[y + 3, 23] and mask[cy, cx]
+
+
 def test_unseen_subtype_is_present_where_its_parent_is(model, mri_slice):
     from medsam3.preprocess import to_uint8_rgb
 

@@ -90,6 +90,9 @@ class CompactSegmenter(Segmenter):
         presence_threshold: presence above which a concept is reported present.
         iou_gate: minimum IoU between decoder and dense masks to keep the decoder mask.
         max_refine: instances refined by the decoder per concept (largest first).
+        refine_min_share: components smaller than this share of the largest one keep their
+            dense shape; the decoder costs ~0.06 s per box on a CPU. On val, 0.05-0.2 all sent
+            22 boxes instead of 52 over 75 pairs, with mean Dice 0.89812 instead of 0.89806.
         min_area: components smaller than max(min_area, 1e-4 of the image) pixels are dropped.
         max_instances: instances reported per concept (largest first; the mask keeps all).
         no_refine: phrases whose dense mask is kept without decoder refinement.
@@ -106,6 +109,7 @@ class CompactSegmenter(Segmenter):
         presence_threshold: float = 0.5,
         iou_gate: float = 0.6,
         max_refine: int = 16,
+        refine_min_share: float = 0.1,
         min_area: int = 4,
         max_instances: int = 256,
         no_refine: tuple[str, ...] = (),
@@ -114,7 +118,7 @@ class CompactSegmenter(Segmenter):
         self.head, self.sam, self.checkpoint_digest = head, sam, digest
         self.presence_threshold, self.iou_gate = presence_threshold, iou_gate
         self.max_refine, self.min_area, self.no_refine = max_refine, min_area, set(no_refine)
-        self.max_instances = max_instances
+        self.max_instances, self.refine_min_share = max_instances, refine_min_share
         self.text = shared_text_encoder()
         self.feature_cache = feature_cache
 
@@ -229,7 +233,7 @@ class CompactSegmenter(Segmenter):
         return (mask | both) & keep[None, :]
 
     def _refine_components(self, state: PlaneState, dense: torch.Tensor, phrase: str):
-        """Dense mask -> decoder mask per component where they agree (IoU >= iou_gate)."""
+        """Dense mask -> decoder mask per large component where they agree (IoU >= iou_gate)."""
         mask = (logits_to_original(dense[None], state.prep)[0, 0] > 0).numpy()
         if phrase in self.no_refine or resolve(phrase) in self.no_refine or not mask.any():
             return mask
@@ -238,6 +242,7 @@ class CompactSegmenter(Segmenter):
             return mask
         areas = ndimage.sum_labels(mask, labels, range(1, n + 1))
         order = np.argsort(-areas)[: self.max_refine]
+        order = order[areas[order] >= self.refine_min_share * areas.max()]
         slices = ndimage.find_objects(labels)
         boxes = [_box(slices[i]) for i in order]
         decoded = self.decoder_masks(state, boxes=np.array(boxes, np.float32))
