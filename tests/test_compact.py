@@ -260,3 +260,17 @@ def test_thin_vessels_gain_from_tiles(model, shared_data):
     boxes = {"retinal vessel": [(0, 0, 99, 99)]}
     box = model.segment(img, ["retinal vessel"], "fundus", boxes=boxes)
     assert "tiles" not in box["retinal vessel"].extra, "a prompted concept is never tiled"
+
+
+def test_auto_device_keeps_compact_on_the_cpu_of_a_gpu_node(monkeypatch):
+    """The pipeline's default ``device: auto`` used to ask compact for cuda on GPU nodes."""
+    from medsam3.infer import _model_kwargs
+    from medsam3.models.build import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # as on a GPU node
+    assert _model_kwargs({"backend": "compact", "device": "auto"})["device"] == "cpu"
+    assert resolve_device("compact", None) == "cpu"
+    assert resolve_device("sam3", "auto") == "cuda"
+    assert resolve_device("sam3", "cpu") == "cpu"
+    with pytest.raises(InputError, match="cpu only"):
+        load_model(backend="compact", device="cuda")

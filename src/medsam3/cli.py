@@ -18,10 +18,11 @@ def _cmd_discover(args: argparse.Namespace) -> int:
 
 
 def _cmd_segment(args: argparse.Namespace) -> int:
-    from medsam3.models.build import load_model
+    from medsam3.models.build import load_model, resolve_device
     from medsam3.segment_file import segment_file
 
-    model = load_model(args.backend, checkpoint=args.checkpoint, device=args.device)
+    device = resolve_device(args.backend, args.device)
+    model = load_model(args.backend, checkpoint=args.checkpoint, device=device)
     summary = segment_file(args.input, args.prompt, args.output, model, modality=args.modality)
     print(json.dumps(summary["concepts"], indent=2))
     return 0
@@ -80,7 +81,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", default="compact", choices=["compact", "sam3"])
     p.add_argument("--checkpoint", default=None, help="checkpoint path (default: shipped head)")
     p.add_argument("--modality", default=None, help="override the detected modality")
-    p.add_argument("--device", default="cpu")
+    p.add_argument(
+        "--device",
+        default="auto",
+        help="auto (cuda when available and the backend runs on it; compact: cpu), cpu, cuda:N",
+    )
     p.set_defaults(func=_cmd_segment)
 
     p = sub.add_parser("concepts", help="list the concept vocabulary")

@@ -243,12 +243,9 @@ def segment_shard(shard: str, studies: list[Study], cfg: dict, out_status: str |
 
 
 def _model_kwargs(model_cfg: dict) -> dict:
-    device = model_cfg.get("device") or "auto"
-    if device == "auto":
-        import torch
+    from medsam3.models.build import resolve_device
 
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    kwargs = {"device": device}
+    kwargs = {"device": resolve_device(model_cfg["backend"], model_cfg.get("device"))}
     if model_cfg.get("lora"):
         kwargs["lora"] = model_cfg["lora"]
     return kwargs
