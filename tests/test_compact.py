@@ -188,7 +188,7 @@ def test_a_phrase_in_another_language_runs_and_is_flagged(model, tmp_path, caplo
     from medsam3.segment_file import segment_file
 
     xray = build_demo(tmp_path).parent / "data" / "chest_xray.png"
-    with caplog.at_level("WARNING", logger="medsam3.segment"):
+    with caplog.at_level("WARNING", logger="medsam3.concepts"):
         summary = segment_file(xray, ["poumon", "lung"], tmp_path / "out", model)
     assert (tmp_path / "out" / "poumon.png").is_file()
     assert len(summary["concepts"]["poumon"]["nearest_known"]) == 3

@@ -8,11 +8,14 @@ answers "which known concepts are closest to this phrase".
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
 
 import numpy as np
+
+log = logging.getLogger("medsam3.concepts")
 
 
 @dataclass(frozen=True)
@@ -173,6 +176,17 @@ def unknown_phrase_warning(phrase: str) -> str | None:
         f"its English phrase embedding, nearest known: {near}. Phrases are not translated: "
         "give the English name."
     )
+
+
+_WARNED: set[str] = set()
+
+
+def log_unknown_phrases(phrases: list[str]) -> None:
+    """Log each phrase outside the vocabulary once per process (CLI and pipeline jobs)."""
+    for phrase in sorted(set(phrases) - _WARNED):
+        _WARNED.add(phrase)
+        if warning := unknown_phrase_warning(phrase):
+            log.warning(warning)
 
 
 def vocabulary_table() -> list[dict]:

@@ -19,7 +19,7 @@ import numpy as np
 from scipy import ndimage
 
 from medsam3.cohort import Study, concepts_for
-from medsam3.concepts import unknown_phrase_warning
+from medsam3.concepts import log_unknown_phrases
 from medsam3.ingest import scrub, status_path, store_path
 from medsam3.io.atomic import write_json_atomic
 from medsam3.io.image import MedImage
@@ -155,7 +155,7 @@ def segment_study(study: Study, model: Segmenter, cfg: dict) -> dict:
     image = read_study(store)
     concepts = concepts_for(study, image.modality, cfg.get("default_concepts", {}))
     todo = [c for c in concepts if c not in _done_concepts(store, concepts, model)]
-    _warn_unknown(todo)
+    log_unknown_phrases(todo)
     if todo:
         results = segment_in_display_order(model, image, todo)
         for result in results.values():
@@ -189,17 +189,6 @@ def segment_study(study: Study, model: Segmenter, cfg: dict) -> dict:
         "error": None,
         "export_errors": [scrub(e, study, cfg.get("report_paths", False)) for e in export_errors],
     }
-
-
-_WARNED: set[str] = set()
-
-
-def _warn_unknown(phrases: list[str]) -> None:
-    """Log, once per process, each phrase outside the vocabulary with its nearest concepts."""
-    for phrase in sorted(set(phrases) - _WARNED):
-        _WARNED.add(phrase)
-        if warning := unknown_phrase_warning(phrase):
-            log.warning(warning)
 
 
 def segment_shard(shard: str, studies: list[Study], cfg: dict, out_status: str | Path) -> dict:

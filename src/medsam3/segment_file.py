@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medsam3.concepts import unknown_phrase_warning
+from medsam3.concepts import log_unknown_phrases
 from medsam3.io.image import MedImage
 from medsam3.models.base import ConceptResult, Segmenter
 from medsam3.models.inputs import concept_slug
@@ -42,8 +42,7 @@ def segment_file(
     from medsam3.io.read import read_source
 
     image = read_source(input_path, modality=modality)
-    for warning in filter(None, map(unknown_phrase_warning, concepts)):
-        log.warning(warning)
+    log_unknown_phrases(concepts)
     results = segment_in_display_order(model, image, concepts)
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
