@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import random
 from collections import defaultdict
 from collections.abc import Callable
@@ -20,16 +19,11 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from safetensors.torch import load_file, save_file
 
-from medsam3.models.litemedsam import IMAGE_SIZE, LiteMedSAM, Prepared, prepare_image
+from medsam3.models.feature_cache import cache_dir, encode_cached, feature_path  # noqa: F401
+from medsam3.models.litemedsam import IMAGE_SIZE, LiteMedSAM, prepare_image
 from medsam3.orientation import display_order
 from medsam3.preprocess import to_uint8_rgb, volume_intensity_range
-
-
-def cache_dir() -> Path:
-    """Cache root: ``$MEDSAM3_CACHE`` or ``~/.cache/medsam3``."""
-    return Path(os.environ.get("MEDSAM3_CACHE", Path.home() / ".cache" / "medsam3"))
 
 
 @dataclass
@@ -136,7 +130,8 @@ def _volume_samples(root: Path, rows: list[dict], n_slices: int) -> list[Sample]
         zs = np.flatnonzero(area)
         if not len(zs):
             continue
-        picks = sorted({int(zs[int(q * (len(zs) - 1))]) for q in np.linspace(0.2, 0.8, n_slices)})
+        n = max(n_slices, len(labels))  # volumes labelled with many organs give more slices
+        picks = sorted({int(zs[int(q * (len(zs) - 1))]) for q in np.linspace(0.2, 0.8, n)})
         for z in picks:
             masks = {c: (lambda m=m[z]: m) for c, m in labels.items() if m[z].any()}
             out.append(
@@ -235,36 +230,6 @@ def build_samples(
             group = random.Random(seed).sample(group, cap)
         out += group
     return out
-
-
-def feature_path(digest: str) -> Path:
-    """Cache file of one encoded plane."""
-    return cache_dir() / "features" / f"{digest}.safetensors"
-
-
-def encode_cached(sam: LiteMedSAM, prep: Prepared) -> dict[str, torch.Tensor]:
-    """Encode one prepared plane, reading/writing the feature cache.
-
-    Args:
-        sam: LiteMedSAM wrapper.
-        prep: the plane as ``prepare_image`` returns it (its digest keys the cache).
-
-    Returns:
-        {"embedding": (256, 64, 64) float16, "frame": (3, 256, 256) uint8,
-        "geometry": int64 [orig_h, orig_w, resized_h, resized_w]}.
-    """
-    path = feature_path(prep.digest)
-    if path.is_file():
-        return load_file(path)
-    emb = sam.encode(prep)[0].to(torch.float16)
-    frame = (prep.tensor[0] * 255).round().to(torch.uint8)
-    geom = torch.tensor([*prep.original, *prep.resized], dtype=torch.int64)
-    entry = {"embedding": emb.contiguous(), "frame": frame.contiguous(), "geometry": geom}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    save_file(entry, str(tmp))
-    tmp.replace(path)
-    return entry
 
 
 def mask_to_frame(mask: np.ndarray, resized: tuple[int, int]) -> torch.Tensor:

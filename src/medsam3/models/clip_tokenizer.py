@@ -18,16 +18,13 @@ import tempfile
 from functools import lru_cache
 from pathlib import Path
 
+from medsam3.models.feature_cache import cache_dir
+
 NUM_MERGES = 49152 - 256 - 2  # CLIP uses the first 48894 merges of the 16e6 vocabulary file
 VOCAB_SIZE = 49408
 BOS_TOKEN = "<|startoftext|>"
 EOS_TOKEN = "<|endoftext|>"
 CACHE_SUBDIR = "clip_bpe_16e6"
-
-
-def cache_dir() -> Path:
-    """The medsam3 cache folder: ``$MEDSAM3_CACHE`` or ``~/.cache/medsam3``."""
-    return Path(os.environ.get("MEDSAM3_CACHE", Path.home() / ".cache" / "medsam3")).expanduser()
 
 
 def open_clip_bpe_path() -> Path:

@@ -24,6 +24,7 @@ from scipy import ndimage
 from medsam3.concepts import lateral_pair, nearest, parent_of, resolve, tiles_of
 from medsam3.models.base import ConceptResult, Instance, Segmenter
 from medsam3.models.concept_head import ConceptHead, HeadConfig
+from medsam3.models.feature_cache import encode_cached
 from medsam3.models.inputs import InputError, check_array, check_concepts, infer_kind
 from medsam3.models.litemedsam import LiteMedSAM, Prepared, logits_to_original, prepare_image
 from medsam3.models.text_encoder import shared_text_encoder
@@ -128,8 +129,6 @@ class CompactSegmenter(Segmenter):
         """Encode one (y, x, 3) uint8 plane once: LiteMedSAM embedding + head image features."""
         prep = prepare_image(rgb)
         if self.feature_cache:
-            from medsam3.training_data import encode_cached
-
             emb = encode_cached(self.sam, prep)["embedding"][None].float()
         else:
             emb = self.sam.encode(prep)
