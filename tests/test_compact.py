@@ -80,14 +80,15 @@ def test_only_large_components_go_to_the_decoder(model, mri_slice):
 
 
 def test_unseen_subtype_is_present_where_its_parent_is(model, mri_slice):
+    from medsam3.models.phrases import condition
     from medsam3.preprocess import to_uint8_rgb
 
-    state = model.encode_plane(to_uint8_rgb(mri_slice, "mri"))
+    state = model.encode_plane(to_uint8_rgb(mri_slice, "mri"), "mri")
     phrases = ["anterior hippocampus", "hippocampus", "brain", "neoplastic polyp"]
     presence, _ = model.detect(state, phrases)
-    text = torch.from_numpy(model.text.condition(phrases))
+    text = torch.from_numpy(condition(phrases))
     with torch.no_grad():
-        own = torch.sigmoid(model.head.decode(state.feats, text, coarse_only=True)[0]).numpy()
+        own = model.presence(model.head.decode(state.feats, text, coarse_only=True)[0], "mri")
     assert presence[0] == pytest.approx(max(own[0], own[1]))
     assert presence[1:3] == pytest.approx(own[1:3]), "phrases without a parent keep their own"
     assert presence[3] < model.presence_threshold, "no polyp, of any kind, in a brain MRI"
@@ -274,3 +275,46 @@ def test_auto_device_keeps_compact_on_the_cpu_of_a_gpu_node(monkeypatch):
     assert resolve_device("sam3", "cpu") == "cpu"
     with pytest.raises(InputError, match="cpu only"):
         load_model(backend="compact", device="cuda")
+
+
+def test_synonyms_and_spelling_variants_give_the_concepts_mask(model, tmp_path):
+    from PIL import Image
+
+    from medsam3.demo import build_demo
+
+    img = np.asarray(Image.open(build_demo(tmp_path).parent / "data" / "chest_xray.png"))
+    phrases = ["lung", "lungs", "Lung Fields", "lugn"]
+    res = model.segment(img, phrases, modality="xray")
+    assert res["lung"].mask.any()
+    for p in phrases[1:]:
+        assert res[p].concept == p and res[p].extra["read_as"] == "lung"
+        np.testing.assert_array_equal(res[p].mask, res["lung"].mask)
+        assert res[p].presence == res["lung"].presence and res[p].nearest_known == []
+
+
+def test_the_modality_of_real_images_is_recognised(model, mri_slice, tmp_path):
+    import pydicom
+    from PIL import Image
+    from pydicom.data import get_testdata_file
+
+    from medsam3.demo import build_demo
+
+    xray = np.asarray(Image.open(build_demo(tmp_path).parent / "data" / "chest_xray.png"))
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    ct = ds.pixel_array.astype(np.float32) * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
+    for array, modality in ((xray, "xray"), (mri_slice, "mri"), (ct, "ct")):
+        guess = model.recognise_modality(array)
+        assert guess.modality == modality and 0.5 < guess.confidence <= 1.0, guess
+
+
+def test_presence_is_calibrated_per_modality(model):
+    logits = torch.tensor([-2.0, 0.0, 2.0])
+    plain = torch.sigmoid(logits).numpy()
+    assert set(model.calibration) >= {"default", "ct", "mri"}
+    for modality in ("ct", "dermoscopy", None):
+        probs = model.presence(logits, modality)
+        assert np.all(np.diff(probs) > 0), "calibration keeps the order of the scores"
+    assert not np.allclose(model.presence(logits, "ct"), plain)
+    np.testing.assert_array_equal(
+        model.presence(logits, "no such modality"), model.presence(logits, None)
+    )

@@ -74,15 +74,42 @@ def test_subtypes_name_their_parent_in_the_vocabulary():
 
 
 def test_conditioning_blends_a_subtype_with_its_parent():
+    from medsam3.models.phrases import condition
     from medsam3.models.text_encoder import shared_text_encoder
 
     enc = shared_text_encoder()
     own, parent, unknown = enc.encode(["posterior hippocampus", "hippocampus", "zebra stripes"])
-    blended, same = enc.condition(["posterior hippocampus", "zebra stripes"])
+    blended, same = condition(["posterior hippocampus", "zebra stripes"])
     assert np.isclose(np.linalg.norm(blended), 1.0, atol=1e-5)
     assert blended @ parent > own @ parent  # pulled towards the parent concept
     assert blended @ own > 0.9
     np.testing.assert_allclose(same, unknown, atol=1e-6)  # no parent: the phrase's own vector
+
+
+def test_synonyms_and_near_misses_condition_like_their_concept():
+    from medsam3.models.phrases import condition
+
+    vectors = condition(["polyp", "Colon Polyp", "polyps", "lung", "lugn", "leber"])
+    np.testing.assert_array_equal(vectors[0], vectors[1])
+    np.testing.assert_array_equal(vectors[0], vectors[2])
+    np.testing.assert_array_equal(vectors[3], vectors[4])
+    assert vectors[5] @ vectors[3] < 0.99, "a phrase that names no concept keeps its own vector"
+
+
+def test_spelling_correction_needs_one_unambiguous_concept(caplog):
+    from medsam3.models.phrases import canonical, correct_spelling, edit_distance
+
+    assert edit_distance("lugn", "lung", 1) == 1  # one swap of neighbours
+    assert edit_distance("kidny", "kidney", 1) == 1
+    assert edit_distance("spleen", "liver", 2) == 3  # stops early, beyond the limit
+    assert correct_spelling("pancraes") == "pancreas"
+    assert correct_spelling("left kidnye") == "left kidney"
+    assert correct_spelling("l6 vertebra") is None, "one edit from every lumbar vertebra"
+    assert correct_spelling("leber") is None and correct_spelling("lun") is None
+    with caplog.at_level("WARNING", logger="medsam3.phrases"):
+        assert canonical("brest tumor") == "breast tumor"
+    assert "near-miss spelling" in caplog.text
+    assert canonical("optic disk") == "optic disc" and canonical("zebra stripes") is None
 
 
 def test_concepts_command_lists_every_concept_with_its_parent(capsys):

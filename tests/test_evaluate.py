@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from medsam3.evaluate import dice, plateau_centre
+from medsam3.training.evaluate import dice, plateau_centre
 
 
 def test_threshold_is_the_middle_of_the_best_mcc_plateau():

@@ -12,8 +12,8 @@ import yaml
 def test_tiny_training_writes_a_head_and_resumes(shared_data, tmp_path, monkeypatch, repo_root):
     import torch
 
-    from medsam3.models.compact import load_head
-    from medsam3.train import main, train
+    from medsam3.models.compact import build_compact, load_head
+    from medsam3.training.train import main, train
 
     monkeypatch.setenv("MEDSAM3_CACHE", str(tmp_path / "cache"))
     config = yaml.safe_load(
@@ -23,46 +23,54 @@ def test_tiny_training_writes_a_head_and_resumes(shared_data, tmp_path, monkeypa
         data_root=str(shared_data),
         output=str(tmp_path / "head.safetensors"),
         run_name="tiny",
-        epochs=1,
+        steps=2,
+        eval_every=1,
+        warmup_steps=1,
         max_samples=2,
         batch_images=2,
+        augment_min=1,
+        augment_max=1,
+        atlas_slices=0,
         per_dataset_max={"train": {"default": 1}, "val": {"default": 1}},
     )
     out = train(config)
-    assert out.is_file()
     info = json.loads(out.with_suffix(".json").read_text(encoding="utf-8"))
-    assert len(info["sha256"]) == 64 and info["training"]["epoch"] == 0
-    head, digest, _ = load_head(out)
-    assert digest == info["sha256"]
+    assert len(info["sha256"]) == 64 and info["training"]["step"] in (1, 2)
+    assert info["modality_classes"] and "default" in info["presence_calibration"]
+    head, digest, loaded = load_head(out)
+    assert digest == info["sha256"] and loaded["modality_head"].classes == info["modality_classes"]
+    model = build_compact(out)
+    assert model.modality_head is not None and "default" in model.calibration
     last = tmp_path / "cache" / "train" / "tiny" / "last.pt"
-    assert torch.load(last, weights_only=True)["epoch"] == 1
+    assert torch.load(last, weights_only=True)["step"] == 2
     n_features = len(list((tmp_path / "cache" / "features").glob("*.safetensors")))
-    assert n_features == 4  # 2 train + 2 val planes, encoded once each
+    assert n_features == 6  # 2 train planes x 2 views + 2 val planes, encoded once each
 
-    # resume: a second run continues at epoch 1 and re-uses the cached features
-    config["epochs"] = 2
+    # resume: a second run continues at step 2 and re-uses the cached features
+    config["steps"] = 3
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(config), encoding="utf-8")
     main(str(path))
-    assert torch.load(last, weights_only=True)["epoch"] == 2
+    assert torch.load(last, weights_only=True)["step"] == 3
     assert len(list((tmp_path / "cache" / "features").glob("*.safetensors"))) == n_features
 
 
-def test_sample_weights_favour_images_of_rare_concepts():
-    from medsam3.train import sample_weights
+def test_view_weights_balance_datasets_and_rare_concepts():
+    from medsam3.training.train import view_weights
 
-    pos = [(0, "fetal head", None), (1, "fetal head", None), (2, "fetal head", None)]
-    pos += [(2, "heart", None), (3, "fetal head", None)]
-    assert sample_weights(pos, 5, 0.0) == [1.0] * 5
-    w = sample_weights(pos, 5, 0.5)
-    assert w[2] == 1.0 and w[0] == w[1] == w[3] == 0.5  # heart seen once, fetal head 4 times
-    assert w[4] == 1.0  # an image with no annotated concept counts as rare
+    meta = [("us", "fetal", "HC18")] * 4 + [("ct", "chest", "small")]
+    pos = [(i, "fetal head", None) for i in range(4)] + [(4, "heart", None)]
+    assert view_weights(meta, pos, 0.0, 0.0) == [1.0] * 5
+    w = view_weights(meta, pos, 0.5, 0.0)
+    assert w[0] == 0.5 and w[4] == 1.0  # a dataset with 4x the views gets 2x the draws in all
+    w = view_weights(meta, pos, 0.0, 0.5)
+    assert w[0] == 0.5 and w[4] == 1.0  # fetal head seen 4 times, heart once
 
 
 def test_colin27_atlas_slices_carry_consistent_labels():
     import numpy as np
 
-    from medsam3.training_data import COLIN27_DIR, colin27_samples
+    from medsam3.training.data import COLIN27_DIR, colin27_samples
 
     if not (COLIN27_DIR / "aal.nii.gz").is_file():
         pytest.skip("Debian mricron-data is not installed")
@@ -80,20 +88,24 @@ def test_colin27_atlas_slices_carry_consistent_labels():
         assert s.load_rgb().shape == (*brain.shape, 3)
 
 
-def test_training_negatives_can_be_limited_to_concepts_seen_as_positives():
-    from medsam3.train import _training_negatives
+def test_easy_negatives_are_limited_to_concepts_seen_as_positives(shared_data):
+    import random
 
-    safe = {"polyp": ({"endoscopy"}, {"colon"}), "left rib 7": ({"ct"}, {"abdomen"})}
-    pos = [(0, "polyp", None)]
-    assert _training_negatives(safe, pos, False) == safe
-    assert _training_negatives(safe, pos, True) == {"polyp": safe["polyp"]}
+    from medsam3.training.data import easy_negatives, safe_negatives
+
+    pool = safe_negatives(shared_data)
+    assert {"polyp", "liver", "left rib 7"} <= set(pool)
+    seen = safe_negatives(shared_data, seen={"polyp", "liver"})
+    assert set(seen) == {"polyp", "liver"}
+    drawn = easy_negatives(("endoscopy", "colon"), pool, random.Random(0), len(pool))
+    assert "polyp" not in drawn and "liver" in drawn  # same modality / body part is never easy
 
 
-def test_cosine_learning_rate_decays_from_lr_to_zero():
-    from medsam3.train import epoch_lr
+def test_learning_rate_warms_up_then_decays_to_zero():
+    from medsam3.training.train import step_lr
 
-    config = {"lr": 1e-3, "epochs": 10, "lr_schedule": "cosine"}
-    rates = [epoch_lr(config, e) for e in range(10)]
-    assert rates[0] == 1e-3 and all(a > b for a, b in zip(rates, rates[1:], strict=False))
-    assert rates[-1] < 0.03e-3
-    assert epoch_lr({"lr": 1e-3, "epochs": 10}, 7) == 1e-3
+    config = {"lr": 1e-3, "steps": 100, "warmup_steps": 10}
+    rates = [step_lr(config, s) for s in range(100)]
+    assert rates[0] == pytest.approx(1e-4) and rates[9] == pytest.approx(1e-3)
+    assert all(a > b for a, b in zip(rates[10:], rates[11:], strict=False))
+    assert rates[-1] < 0.01e-3

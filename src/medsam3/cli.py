@@ -41,14 +41,14 @@ def _cmd_concepts(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from medsam3.train import main as train_main
+    from medsam3.training.train import main as train_main
 
     train_main(args.config)
     return 0
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from medsam3.evaluate import main as evaluate_main
+    from medsam3.training.evaluate import main as evaluate_main
 
     evaluate_main(args.extra)
     return 0

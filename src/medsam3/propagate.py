@@ -129,7 +129,7 @@ def segment_stack(
     states: dict[tuple[str, int], object] = {}
     for z, plane in enumerate(planes):
         for rgb, group in model.plane_rgb_groups(plane, phrases, modality, rng):
-            state = model.encode_plane(rgb)
+            state = model.encode_plane(rgb, modality)
             presence, dense = model.detect(state, group)
             for k, p in enumerate(group):
                 pres[p][z] = presence[k]
@@ -156,19 +156,12 @@ def segment_stack(
             mask=volume,
             presence=overall,
             instances=instances_3d(volume, overall),
-            nearest_known=_nearest(p),
             extra={
                 "presence_per_slice": [round(float(v), 4) for v in pres[p]],
                 "detected_slices": [i for i, m in enumerate(detected[p]) if m.any()],
             },
         )
     return results
-
-
-def _nearest(phrase: str) -> list[str]:
-    from medsam3.concepts import nearest, resolve
-
-    return [] if resolve(phrase) else [c for c, _ in nearest(phrase, k=3)]
 
 
 def instances_3d(

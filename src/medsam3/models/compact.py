@@ -10,8 +10,9 @@ mask decoder from its box, and the decoder mask is kept where it agrees with the
 
 from __future__ import annotations
 
+import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
 
@@ -27,8 +28,11 @@ from medsam3.models.concept_head import ConceptHead, HeadConfig
 from medsam3.models.feature_cache import encode_cached
 from medsam3.models.inputs import InputError, check_array, check_concepts, infer_kind
 from medsam3.models.litemedsam import LiteMedSAM, Prepared, logits_to_original, prepare_image
+from medsam3.models.modality import ModalityGuess, ModalityHead, modality_features
+from medsam3.models.phrases import canonical, condition
 from medsam3.models.text_encoder import shared_text_encoder
 from medsam3.preprocess import ct_window_for, to_uint8_rgb
+from medsam3.propagate import segment_stack
 
 TILE_SIDE = 0.6  # thin-structure tiles: share of the image side (2 x 2 tiles overlap by 0.2)
 
@@ -45,15 +49,14 @@ def load_head(checkpoint: str | Path | None = None) -> tuple[ConceptHead, str, d
         checkpoint: path; None = the shipped head.
 
     Returns:
-        (head in eval mode, sha256 of the file, sibling JSON info or {}).
+        (head in eval mode, sha256 of the file, sibling JSON info or {}). When the file also
+        holds a modality classifier (``modality.*`` tensors), info["modality_head"] is it.
     """
-    import hashlib
-
     path = Path(checkpoint) if checkpoint else default_checkpoint()
     if not path.is_file():
         raise FileNotFoundError(
             f"compact head checkpoint {path} does not exist; pass checkpoint=None for the shipped "
-            "head or a .safetensors file written by medsam3.train"
+            "head or a .safetensors file written by medsam3.training.train"
         )
     try:
         state = load_file(str(path))
@@ -65,9 +68,15 @@ def load_head(checkpoint: str | Path | None = None) -> tuple[ConceptHead, str, d
     info_path = path.with_suffix(".json")
     info = json.loads(info_path.read_text(encoding="utf-8")) if info_path.is_file() else {}
     head = ConceptHead(HeadConfig(**info.get("config", {})))
+    modality = {
+        k.removeprefix("modality."): v for k, v in state.items() if k.startswith("modality.")
+    }
     try:
-        head.load_state_dict(state, strict=True)
-    except RuntimeError as err:
+        head.load_state_dict({k: v for k, v in state.items() if not k.startswith("modality.")})
+        if modality:
+            info["modality_head"] = ModalityHead(info["modality_classes"]).eval()
+            info["modality_head"].load_state_dict(modality)
+    except (RuntimeError, KeyError) as err:
         raise ValueError(f"{path} does not hold a compact concept head: {err}") from err
     return head.eval(), hashlib.sha256(path.read_bytes()).hexdigest(), info
 
@@ -79,6 +88,7 @@ class PlaneState:
     prep: Prepared
     embedding: torch.Tensor
     feats: dict
+    modality: str | None = None  # given, or recognised from the plane: picks the calibration
 
 
 class CompactSegmenter(Segmenter):
@@ -98,6 +108,9 @@ class CompactSegmenter(Segmenter):
         max_instances: instances reported per concept (largest first; the mask keeps all).
         no_refine: phrases whose dense mask is kept without decoder refinement.
         feature_cache: read/write LiteMedSAM embeddings under $MEDSAM3_CACHE (evaluation).
+        modality_head: classifier naming the modality of a plane (None: not recognised).
+        calibration: modality -> (scale, shift) of the presence logit, fitted on val so that
+            presence 0.5 means the same in every modality; "default" for other modalities.
     """
 
     name = "compact"
@@ -115,6 +128,8 @@ class CompactSegmenter(Segmenter):
         max_instances: int = 256,
         no_refine: tuple[str, ...] = (),
         feature_cache: bool = False,
+        modality_head: ModalityHead | None = None,
+        calibration: dict[str, tuple[float, float]] | None = None,
     ) -> None:
         self.head, self.sam, self.checkpoint_digest = head, sam, digest
         self.presence_threshold, self.iou_gate = presence_threshold, iou_gate
@@ -122,28 +137,67 @@ class CompactSegmenter(Segmenter):
         self.max_instances, self.refine_min_share = max_instances, refine_min_share
         self.text = shared_text_encoder()
         self.feature_cache = feature_cache
+        self.modality_head = modality_head
+        self.calibration = {k.lower(): tuple(v) for k, v in (calibration or {}).items()}
 
     # --- plane-level verbs (used by propagate.py too) ---------------------------------------
     @torch.inference_mode()
-    def encode_plane(self, rgb: np.ndarray) -> PlaneState:
-        """Encode one (y, x, 3) uint8 plane once: LiteMedSAM embedding + head image features."""
+    def encode_plane(self, rgb: np.ndarray, modality: str | None = None) -> PlaneState:
+        """Encode one (y, x, 3) uint8 plane once: LiteMedSAM embedding + head image features.
+
+        Args:
+            rgb: the plane.
+            modality: its modality when known; else it is recognised from the plane.
+        """
         prep = prepare_image(rgb)
         if self.feature_cache:
             emb = encode_cached(self.sam, prep)["embedding"][None].float()
         else:
             emb = self.sam.encode(prep)
-        return PlaneState(prep, emb, self.head.image_features(emb, prep.tensor))
+        feats = self.head.image_features(emb, prep.tensor)
+        state = PlaneState(prep, emb, feats, modality)
+        if modality is None and self.modality_head is not None:
+            state.modality = self._recognise(state).modality
+        return state
+
+    def _recognise(self, state: PlaneState) -> ModalityGuess:
+        features = modality_features(state.embedding, state.prep.tensor, [state.prep.resized])
+        return self.modality_head.guess(features)[0]
+
+    def recognise_modality(self, array: np.ndarray) -> ModalityGuess:
+        """The modality of a 2D image, or of the middle slice / frame of a volume or video.
+
+        Args:
+            array: (y, x[, c]) image, (z, y, x) volume or (t, y, x[, c]) video, any dtype.
+
+        Returns:
+            The recognised modality and its probability.
+        """
+        if self.modality_head is None:
+            raise InputError("this compact head has no modality classifier (retrain it)")
+        data = np.asarray(array)
+        plane = data[len(data) // 2] if infer_kind(data) != "image" else data
+        rgb = to_uint8_rgb(plane[..., 0] if plane.ndim == 3 and plane.shape[-1] == 1 else plane)
+        return self._recognise(self.encode_plane(rgb, modality="unknown"))
+
+    def presence(self, logits: torch.Tensor, modality: str | None) -> np.ndarray:
+        """Calibrated presence probabilities of head logits for a plane of a modality."""
+        key = (modality or "").lower()
+        scale, shift = self.calibration.get(key, self.calibration.get("default", (1.0, 0.0)))
+        return torch.sigmoid(logits * scale + shift).numpy()
 
     @torch.inference_mode()
     def detect(self, state: PlaneState, phrases: list[str]) -> tuple[np.ndarray, torch.Tensor]:
         """Presence and dense logits for phrases on an encoded plane.
 
         Returns:
-            (K,) presence probabilities and (K, 1, 256, 256) dense logits (padded frame).
+            (K,) calibrated presence probabilities and (K, 1, 256, 256) dense logits (padded
+            frame).
         """
-        text = torch.from_numpy(self.text.condition(phrases))
-        presence, logits = self.head.decode(state.feats, text)
-        return self._with_parent_presence(state, phrases, torch.sigmoid(presence).numpy()), logits
+        text = torch.from_numpy(condition(phrases, self.text))
+        logits, dense = self.head.decode(state.feats, text)
+        presence = self.presence(logits, state.modality)
+        return self._with_parent_presence(state, phrases, presence), dense
 
     def _with_parent_presence(self, state: PlaneState, phrases: list[str], presence: np.ndarray):
         """A subtype with no training masks of its own is present where its parent is.
@@ -157,9 +211,9 @@ class CompactSegmenter(Segmenter):
         if not parents:
             return presence
         names = sorted(set(parents.values()))
-        text = torch.from_numpy(self.text.condition(names))
+        text = torch.from_numpy(condition(names, self.text))
         logits, _ = self.head.decode(state.feats, text, coarse_only=True)
-        by_name = dict(zip(names, torch.sigmoid(logits).numpy(), strict=True))
+        by_name = dict(zip(names, self.presence(logits, state.modality), strict=True))
         out = presence.copy()
         for k, parent in parents.items():
             out[k] = max(out[k], by_name[parent])
@@ -222,7 +276,7 @@ class CompactSegmenter(Segmenter):
         if pair is None or not mask.any():
             return mask
         side, base = pair
-        _, logits = self.head.decode(state.feats, torch.from_numpy(self.text.condition([base])))
+        _, logits = self.head.decode(state.feats, torch.from_numpy(condition([base], self.text)))
         both = (logits_to_original(logits, state.prep)[0, 0] > 0).numpy()
         midline = bilateral_midline(both)
         if midline is None:
@@ -312,7 +366,7 @@ class CompactSegmenter(Segmenter):
         """Segment one 2D plane ((y, x) or (y, x, c)); see :meth:`segment` for the result."""
         results: dict[str, ConceptResult] = {}
         for rgb, group in self.plane_rgb_groups(plane, phrases, modality, intensity_range):
-            state = self.encode_plane(rgb)
+            state = self.encode_plane(rgb, modality)
             presence, dense = self.detect(state, group)
             for k, phrase in enumerate(group):
                 results[phrase] = self._result(
@@ -335,17 +389,8 @@ class CompactSegmenter(Segmenter):
             mask, extra = self.refine(state, dense, phrase), {"prompt": "text"}
         else:
             mask, extra = np.zeros(state.prep.original, bool), {"prompt": "text"}
-        known = resolve(phrase)
-        near = [] if known else [c for c, _ in nearest(phrase, k=3)]
         mask, instances = self.instances(mask, presence)
-        return ConceptResult(
-            concept=phrase,
-            mask=mask.astype(np.uint8),
-            presence=presence,
-            instances=instances,
-            nearest_known=near,
-            extra=extra,
-        )
+        return ConceptResult(phrase, mask.astype(np.uint8), presence, instances, extra=extra)
 
     def segment(
         self,
@@ -362,18 +407,21 @@ class CompactSegmenter(Segmenter):
         Volumes and videos are segmented slice by slice / frame by frame with propagation
         (:mod:`medsam3.propagate`); box/point prompts apply to 2D images.
         """
-        phrases = check_concepts(concepts)
+        given = check_concepts(concepts)
+        names = {p: canonical(p) or p for p in given}
+        phrases = list(dict.fromkeys(names.values()))
+        boxes = {names.get(p, p): v for p, v in (boxes or {}).items()}
+        points = {names.get(p, p): v for p, v in (points or {}).items()}
         kind = infer_kind(np.asarray(array), kind)
         data = check_array(array, kind)
         if kind == "image":
             if data.ndim == 3 and data.shape[-1] == 1:
                 data = data[..., 0]
             results = self.segment_plane(data, phrases, modality, boxes, points)
-            prompted = set(boxes or {}) | set(points or {})
-            return self._add_tiles(data, results, modality, prompted)
-        from medsam3.propagate import segment_stack
-
-        return segment_stack(self, data, phrases, kind, modality)
+            results = self._add_tiles(data, results, modality, set(boxes) | set(points))
+        else:
+            results = segment_stack(self, data, phrases, kind, modality)
+        return {p: _as_given(results[names[p]], p) for p in given}
 
     def _add_tiles(self, image, results, modality, prompted: set) -> dict[str, ConceptResult]:
         """Thin structures (vocabulary ``tiles`` n > 1) found on the whole image: OR in their
@@ -396,6 +444,16 @@ class CompactSegmenter(Segmenter):
                 results[p].mask = mask.astype(np.uint8)
                 results[p].extra["tiles"] = n * n
         return results
+
+
+def _as_given(result: ConceptResult, phrase: str) -> ConceptResult:
+    """A result under the phrase the user gave: synonyms and spelling corrections name the
+    concept they were read as; phrases outside the vocabulary list their nearest concepts."""
+    extra = dict(result.extra)
+    if result.concept != phrase:
+        extra["read_as"] = result.concept
+    near = [] if resolve(result.concept) else [c for c, _ in nearest(phrase, k=3)]
+    return replace(result, concept=phrase, nearest_known=near, extra=extra)
 
 
 def tile_grid(shape: tuple[int, int], n: int, side: float) -> list[tuple[slice, slice]]:
@@ -452,6 +510,8 @@ def build_compact(
         raise InputError(f"the compact backend runs on cpu only, got device={device!r}")
     head, digest, info = load_head(checkpoint)
     kw.setdefault("no_refine", tuple(info.get("no_refine", ())))
+    kw.setdefault("modality_head", info.get("modality_head"))
+    kw.setdefault("calibration", info.get("presence_calibration"))
     if "presence_threshold" in info:
         kw.setdefault("presence_threshold", float(info["presence_threshold"]))
     return CompactSegmenter(head, LiteMedSAM(), digest, **kw)

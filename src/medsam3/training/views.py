@@ -1,6 +1,6 @@
 """Cached augmented views of the training planes, and the tensors the head trains on.
 
-Each training plane (:class:`medsam3.training_data.Sample`) gets view 0 (itself) and a few seeded
+Each training plane (:class:`medsam3.training.data.Sample`) gets view 0 (itself) and a few seeded
 augmented views (:mod:`medsam3.training.augment`); every view is encoded once by LiteMedSAM into
 the feature cache. Small datasets get more views than large ones, so that the augmented
 training set is less dominated by the few large sources.
@@ -35,7 +35,7 @@ from medsam3.training.augment import (
     swap_side,
     view_masks,
 )
-from medsam3.training_data import Sample, mask_to_frame
+from medsam3.training.data import Sample, mask_to_frame
 
 MIN_TARGET_PIXELS = 4  # a concept cut down to fewer frame pixels by a crop is left out
 
@@ -104,6 +104,7 @@ def encode_views(views: list[View], sam: LiteMedSAM, index_path: Path) -> dict:
         views: planned views.
         sam: LiteMedSAM wrapper.
         index_path: JSON index, rewritten every 50 views (the run resumes where it stopped).
+            Views are encoded by view number, so an interrupted run leaves whole rounds.
 
     Returns:
         The index.
@@ -113,6 +114,7 @@ def encode_views(views: list[View], sam: LiteMedSAM, index_path: Path) -> dict:
     index = json.loads(index_path.read_text(encoding="utf-8")) if index_path.is_file() else {}
     index_path.parent.mkdir(parents=True, exist_ok=True)
     todo = [v for v in views if not _cached(index.get(v.key), v)]
+    todo.sort(key=lambda v: v.index)  # every plane's view 0 first, then view 1, ...
     for n, view in enumerate(tqdm(todo, desc="encode views", mininterval=30), 1):
         rgb, _ = view.render()
         prep = prepare_image(rgb)
@@ -142,15 +144,16 @@ def load_views(views: list[View], index: dict) -> dict:
         {"emb": (V, 256, 64, 64) float16, "frame": (V, 3, 256, 256) uint8,
         "pos": [(view index, concept, (256, 256) uint8 target)],
         "hard": [[concept absent from the view but annotated in its dataset]],
-        "meta": [(modality, body part, dataset)]}.
+        "meta": [(modality, body part, dataset)], "resized": [(h, w) inside the frame]}.
     """
     dataset_concepts = concepts_by_dataset([v.sample for v in views])
-    emb, frame, pos, hard, meta = [], [], [], [], []
+    emb, frame, pos, hard, meta, sizes = [], [], [], [], [], []
     for i, view in enumerate(views):
         entry = load_file(feature_path(index[view.key]["digest"]))
         emb.append(entry["embedding"])
         frame.append(entry["frame"])
         resized = tuple(int(v) for v in entry["geometry"][2:])
+        sizes.append(resized)
         masks = view_masks({c: load() for c, load in view.sample.masks.items()}, view.params)
         present = set()
         for concept, mask in masks.items():
@@ -169,4 +172,5 @@ def load_views(views: list[View], index: dict) -> dict:
         "pos": pos,
         "hard": hard,
         "meta": meta,
+        "resized": sizes,
     }

@@ -9,7 +9,6 @@ sha256 of the RGB plane, together with the padded 256x256 input frame (uint8).
 from __future__ import annotations
 
 import csv
-import json
 import random
 from collections import defaultdict
 from collections.abc import Callable
@@ -20,8 +19,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from medsam3.models.feature_cache import cache_dir, encode_cached, feature_path  # noqa: F401
-from medsam3.models.litemedsam import IMAGE_SIZE, LiteMedSAM, prepare_image
+from medsam3.concepts import load_vocabulary
+from medsam3.models.litemedsam import IMAGE_SIZE
 from medsam3.orientation import display_order
 from medsam3.preprocess import to_uint8_rgb, volume_intensity_range
 
@@ -249,33 +248,32 @@ def mask_to_frame(mask: np.ndarray, resized: tuple[int, int]) -> torch.Tensor:
     return out
 
 
-def cache_samples(samples: list[Sample], sam: LiteMedSAM, index_path: Path) -> dict:
-    """Encode every sample (skipping cached ones) and write an index JSON.
+def safe_negatives(root: Path, seen: set[str] | None = None) -> dict[str, tuple[set, set]]:
+    """Easy-negative pool: concept -> (modalities, body parts) where it is annotated.
+
+    Read from the manifest and the vocabulary. With ``seen``, only those concepts: a phrase met
+    only as a negative teaches the presence head to reject the phrase itself, whatever the
+    image (as happened to concepts with no annotations).
+    """
+    out: dict[str, tuple[set, set]] = {}
+    for c in load_vocabulary():
+        out[c.concept] = (set(c.modality), {c.body_part})
+    for r in read_manifest(root):
+        mods, parts = out.setdefault(r["concept"], (set(), set()))
+        mods.add(r["modality"])
+        parts.add(r["body_part"])
+    return out if seen is None else {c: v for c, v in out.items() if c in seen}
+
+
+def easy_negatives(meta: tuple, pool: dict, rng: random.Random, n: int) -> list[str]:
+    """Up to n concepts of the pool annotated only in other modalities and body parts.
 
     Args:
-        samples: planes to encode.
-        sam: LiteMedSAM wrapper.
-        index_path: JSON written with item_id -> {digest, split, dataset, ...}.
-
-    Returns:
-        The index dict.
+        meta: (modality, body part, ...) of the plane.
+        pool: from :func:`safe_negatives`.
+        rng: seeded generator.
+        n: how many.
     """
-    from tqdm import tqdm
-
-    index = json.loads(index_path.read_text(encoding="utf-8")) if index_path.is_file() else {}
-    for s in tqdm(samples, desc="encode", mininterval=10):
-        prep = prepare_image(s.load_rgb())
-        known = index.get(s.item_id, {}).get("digest") == prep.digest  # else its pixels changed
-        if known and feature_path(prep.digest).is_file():
-            continue
-        encode_cached(sam, prep)
-        index[s.item_id] = {
-            "digest": prep.digest,
-            "split": s.split,
-            "dataset": s.dataset,
-            "modality": s.modality,
-            "body_part": s.body_part,
-        }
-        index_path.parent.mkdir(parents=True, exist_ok=True)
-        index_path.write_text(json.dumps(index, indent=1), encoding="utf-8")
-    return index
+    modality, part = meta[0], meta[1]
+    names = [c for c, (mods, parts) in pool.items() if modality not in mods and part not in parts]
+    return rng.sample(names, min(n, len(names)))

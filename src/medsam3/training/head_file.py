@@ -1,0 +1,42 @@
+"""The head file: concept-head weights (safetensors) and the sibling JSON describing them."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from safetensors.torch import save_file
+
+from medsam3.concepts import load_vocabulary
+from medsam3.models.concept_head import ConceptHead
+
+
+def save_head(head: ConceptHead, path: Path, extra: dict, more: dict | None = None) -> Path:
+    """Write head weights (safetensors) and a sibling JSON with config, concepts and sha256.
+
+    Args:
+        head: the trained head.
+        path: target .safetensors path.
+        extra: metrics / training facts stored in the JSON.
+        more: further tensors stored in the same file (e.g. ``modality.*`` weights).
+
+    Returns:
+        The safetensors path.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous().float() for k, v in head.state_dict().items()}
+    state |= {k: v.detach().contiguous().float() for k, v in (more or {}).items()}
+    tmp = path.with_suffix(".tmp")
+    save_file(state, str(tmp), metadata={"format": "medsam3-compact-head-v2"})
+    tmp.chmod(0o644)
+    tmp.replace(path)
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    info = {
+        "config": head.cfg.to_dict(),
+        "concepts": [c.concept for c in load_vocabulary()],
+        "sha256": digest,
+        **extra,
+    }
+    path.with_suffix(".json").write_text(json.dumps(info, indent=1), encoding="utf-8")
+    return path

@@ -1,0 +1,227 @@
+"""Train the compact concept head on cached, augmented LiteMedSAM views (resumable).
+
+Usage: ``python -m medsam3.training.train configs/train_compact.yaml``. Every training plane is
+encoded once per view (:mod:`medsam3.training.views`, feature cache under ``$MEDSAM3_CACHE``);
+the head then trains for a fixed number of steps, sampling views balanced over datasets and
+rare concepts. Every ``eval_every`` steps it is scored on val, checkpointed to
+``$MEDSAM3_CACHE/train/<run_name>/last.pt`` (state dicts only, read with weights_only=True),
+and the best val score so far is written to ``output`` (safetensors + JSON). After training,
+the modality classifier and the per-modality presence calibration are fitted
+(:mod:`medsam3.training.fit_heads`) and stored with the head.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+import yaml
+from safetensors.torch import load_file
+
+from medsam3.models.concept_head import ConceptHead, HeadConfig
+from medsam3.models.feature_cache import cache_dir
+from medsam3.models.litemedsam import LiteMedSAM
+from medsam3.training.data import build_samples, colin27_samples, easy_negatives, safe_negatives
+from medsam3.training.fit_heads import finish
+from medsam3.training.head_file import save_head
+from medsam3.training.phrases import PhraseTable
+from medsam3.training.validate import validate
+from medsam3.training.views import augment_counts, encode_views, load_views, plan_views
+
+
+def view_weights(meta: list[tuple], pos: list, dataset_power: float, concept_power: float):
+    """Sampling weight per view: (views of its dataset) ** -dataset_power times (count of its
+    rarest concept) ** -concept_power.
+
+    Power 0 samples uniformly; dataset_power 0.5 gives a dataset with 4x the views 2x the draws
+    in all (not 4x), so the large sources do not drown the small ones.
+    """
+    per_dataset = Counter(m[2] for m in meta)
+    counts = Counter(concept for _, concept, _ in pos)
+    rarest: dict[int, int] = {}
+    for i, concept, _ in pos:
+        rarest[i] = min(rarest.get(i, counts[concept]), counts[concept])
+    return [
+        per_dataset[m[2]] ** -dataset_power * float(rarest.get(i, 1)) ** -concept_power
+        for i, m in enumerate(meta)
+    ]
+
+
+def step_lr(config: dict, step: int) -> float:
+    """Learning rate at a step: linear warm-up, then cosine decay to 0 at ``steps``."""
+    warmup = config.get("warmup_steps", 0)
+    if step < warmup:
+        return config["lr"] * (step + 1) / warmup
+    progress = (step - warmup) / max(1, config["steps"] - warmup)
+    return config["lr"] * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def training_views(config: dict, split: str, sam: LiteMedSAM) -> dict:
+    """Plan, encode (cached) and load the views of one split.
+
+    Train gets augmented views (``augment_target``, ``augment_min``, ``augment_max``) and the
+    Colin27 atlas slices; val gets each plane once. Datasets in ``exclude_datasets`` (a
+    leave-one-dataset-out run) are left out of both.
+
+    Returns:
+        The tensors of :func:`medsam3.training.views.load_views`.
+    """
+    root = Path(config["data_root"])
+    caps = config.get("per_dataset_max", {}).get(split, {})
+    samples = build_samples(root, (split,), caps, config.get("volume_slices", 3))
+    counts = {}
+    if split == "train":
+        samples += colin27_samples(n_slices=config.get("atlas_slices", 0) or 0)
+        low, high = config.get("augment_min", 0), config.get("augment_max", 0)
+        counts = augment_counts(samples, config.get("augment_target", 0), low, high)
+    excluded = set(config.get("exclude_datasets", []))
+    samples = [s for s in samples if s.dataset not in excluded]
+    samples = samples[: config.get("max_samples", len(samples))]
+    views = plan_views(samples, counts, config.get("seed", 0))
+    index = encode_views(views, sam, cache_dir() / f"views_{split}.json")
+    return load_views(views, index) | {"samples": [v.sample for v in views]}
+
+
+def _dice_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    prob = torch.sigmoid(logits).flatten(1)
+    target = target.flatten(1)
+    inter = (prob * target).sum(1)
+    return 1 - (2 * inter + 1) / (prob.sum(1) + target.sum(1) + 1)
+
+
+def _batch(data, idx, rng, easy, phrases: PhraseTable, cfg) -> list[tuple]:
+    """(image in batch, text vector, target or None) for positives, hard and easy negatives."""
+    rows = []
+    for j, s in enumerate(idx):
+        mine = data["by_view"].get(s, [])
+        for _, concept, target in rng.sample(mine, min(cfg["pos_per_image"], len(mine))):
+            rows.append((j, phrases.training_vector(concept, rng), target.float() / 255))
+        hard = data["hard"][s]
+        for concept in rng.sample(hard, min(cfg.get("hard_per_image", 0), len(hard))):
+            rows.append((j, phrases.training_vector(concept, rng), None))
+        for concept in easy_negatives(data["meta"][s], easy, rng, cfg["neg_per_image"]):
+            rows.append((j, phrases.training_vector(concept, rng), None))
+    return rows
+
+
+def _step(head: ConceptHead, data: dict, idx: list[int], rows: list, cfg: dict) -> torch.Tensor:
+    """Loss of one batch: positives at full resolution, negatives on the cheap coarse map."""
+    feats = head.image_features(data["emb"][idx].float(), data["frame"][idx].float() / 255)
+    pos = [r for r in rows if r[2] is not None]
+    neg = [r for r in rows if r[2] is None]
+    loss = torch.zeros(())
+    if pos:
+        index = torch.tensor([r[0] for r in pos])
+        presence, logits = head.decode(feats, torch.stack([r[1] for r in pos]), index)
+        target = torch.stack([r[2] for r in pos])[:, None]
+        bce = F.binary_cross_entropy_with_logits(logits, target)
+        loss = loss + cfg["bce_weight"] * bce + _dice_loss(logits, target).mean()
+        ones = torch.ones_like(presence)
+        loss = loss + cfg["presence_weight"] * F.binary_cross_entropy_with_logits(presence, ones)
+    if neg:
+        index = torch.tensor([r[0] for r in neg])
+        presence, coarse = head.decode(feats, torch.stack([r[1] for r in neg]), index, True)
+        zeros = torch.zeros_like(presence)
+        loss = loss + cfg["presence_weight"] * F.binary_cross_entropy_with_logits(presence, zeros)
+        loss = loss + F.binary_cross_entropy_with_logits(coarse, torch.zeros_like(coarse))
+    return loss
+
+
+def _resume(run_dir: Path, head, opt) -> tuple[int, float, dict | None, dict]:
+    ckpt = run_dir / "last.pt"
+    if not ckpt.is_file():
+        return 0, -1.0, None, {"val": []}
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    head.load_state_dict(state["head"])
+    opt.load_state_dict(state["opt"])
+    history = json.loads((run_dir / "history.json").read_text(encoding="utf-8"))
+    return int(state["step"]), float(state["best"]), state.get("best_head"), history
+
+
+def train(config: dict) -> Path:
+    """Train the head; resumable from ``$MEDSAM3_CACHE/train/<run_name>/last.pt``.
+
+    Args:
+        config: parsed YAML (see configs/train_compact.yaml for the keys).
+
+    Returns:
+        Path of the written head .safetensors (best val score).
+    """
+    torch.set_num_threads(config.get("threads", 2))
+    torch.manual_seed(config.get("seed", 0))
+    sam = LiteMedSAM()
+    data, val = training_views(config, "train", sam), training_views(config, "val", sam)
+    data["by_view"] = _by_view(data["pos"])
+    easy = safe_negatives(Path(config["data_root"]), seen={c for _, c, _ in data["pos"]})
+    phrases = PhraseTable(config.get("raw_phrase_share", 0.0))
+    head = ConceptHead(HeadConfig(**config.get("head", {})))
+    if config.get("init_from"):
+        head.load_state_dict(load_file(config["init_from"]), strict=False)
+    opt = torch.optim.AdamW(head.parameters(), lr=config["lr"], weight_decay=config["weight_decay"])
+    run_dir = cache_dir() / "train" / config.get("run_name", "compact")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    fresh = (0, -1.0, None, {"val": []})
+    step, best, best_head, history = _resume(run_dir, head, opt) if config.get("resume") else fresh
+    weights = view_weights(
+        data["meta"], data["pos"], config.get("dataset_power", 0.0), config.get("balance", 0.0)
+    )
+    rng = random.Random(config.get("seed", 0) * 1000 + step)
+    t0 = time.time()
+    print(f"training on {len(data['meta'])} views, {len(data['pos'])} positives", flush=True)
+    while step < config["steps"]:
+        for group in opt.param_groups:
+            group["lr"] = step_lr(config, step)
+        idx = rng.choices(range(len(weights)), weights=weights, k=config["batch_images"])
+        loss = _step(head, data, idx, _batch(data, idx, rng, easy, phrases, config), config)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        step += 1
+        if step % config["eval_every"] and step != config["steps"]:
+            continue
+        metrics = validate(head, val, phrases, easy)
+        history["val"].append({"step": step, "loss": float(loss), **metrics})
+        print(
+            f"step {step} ({time.time() - t0:.0f} s): loss {loss.item():.4f} val {metrics}",
+            flush=True,
+        )
+        if metrics["score"] > best:
+            best, best_head = metrics["score"], {k: v.clone() for k, v in head.state_dict().items()}
+            save_head(head, Path(config["output"]), {"training": {"step": step, "val": metrics}})
+        state = {"head": head.state_dict(), "opt": opt.state_dict(), "step": step}
+        torch.save({**state, "best": best, "best_head": best_head}, run_dir / "last.pt")
+        (run_dir / "history.json").write_text(json.dumps(history, indent=1), encoding="utf-8")
+    output = Path(config["output"])
+    if best_head is not None:
+        head.load_state_dict(best_head)
+        facts = finish(output, head.eval(), data, val, phrases, easy, sam)
+        print(f"fitted: {json.dumps(facts)[:2000]}", flush=True)
+    return output
+
+
+def _by_view(pos: list) -> dict[int, list]:
+    out: dict[int, list] = {}
+    for p in pos:
+        out.setdefault(p[0], []).append(p)
+    return out
+
+
+def main(config_path: str) -> None:
+    """Entry point: read the YAML config and train.
+
+    Args:
+        config_path: path to a YAML file like configs/train_compact.yaml.
+    """
+    config = yaml.safe_load(Path(config_path).read_text(encoding="utf-8"))
+    print(f"wrote {train(config)}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1] if len(sys.argv) > 1 else "configs/train_compact.yaml")
