@@ -96,15 +96,16 @@ def _score_image(model, sample, hard: list[str], easy: dict, rng, out: dict) -> 
     rgb = sample.load_rgb()
     res = model.segment(rgb, pos + negs, kind="image")
     state = model.encode_plane(rgb)
-    guess = model.recognise_modality(rgb)
-    out["modality"].append(
-        {
-            "item": sample.item_id,
-            "modality": sample.modality,
-            "predicted": guess.modality,
-            "confidence": guess.confidence,
-        }
-    )
+    if model.modality_head is not None:  # heads before v2 have no modality classifier
+        guess = model.recognise_modality(rgb)
+        out["modality"].append(
+            {
+                "item": sample.item_id,
+                "modality": sample.modality,
+                "predicted": guess.modality,
+                "confidence": guess.confidence,
+            }
+        )
     where = {"modality": sample.modality, "dataset": sample.dataset}
     for c in pos:
         gt = sample.masks[c]()
