@@ -13,7 +13,8 @@ import SimpleITK as sitk
 from PIL import Image
 from pydicom.data import get_testdata_file
 
-from medsam3.export import (
+from medsam3.io.image import MedImage
+from medsam3.io.masks import (
     concept_codes,
     export_dicom_seg,
     export_nifti,
@@ -21,7 +22,6 @@ from medsam3.export import (
     export_video_masks,
     sort_along_normal,
 )
-from medsam3.io.image import MedImage
 
 OBLIQUE = (0.0, 1.0, 0.0, -1.0, 0.0, 0.0, 0.0, 0.0, 1.0)
 

@@ -14,9 +14,9 @@ import pytest
 import SimpleITK as sitk
 
 from medsam3.io.image import MedImage
-from medsam3.provenance import config_hash, file_digest, git_commit, provenance_row
-from medsam3.report_html import best_worst, save_figures, write_html_report
-from medsam3.reports import (
+from medsam3.reports.html import best_worst, save_figures, write_html_report
+from medsam3.reports.provenance import config_hash, file_digest, git_commit, provenance_row
+from medsam3.reports.tables import (
     FAILURES_SCHEMA,
     METRICS_SCHEMA,
     PROVENANCE_SCHEMA,
@@ -190,7 +190,7 @@ def _cohort_reports(tmp_path, mni) -> tuple[dict, list]:
     image, _ = mni
     brain = (image.array > 0).astype(np.uint8)
     studies, segments, metrics, volumes = [], [], [], {"ct": [], "mri": []}
-    from medsam3.metrics import segmentation_metrics
+    from medsam3.reports.metrics import segmentation_metrics
 
     for i in range(6):
         modality = "ct" if i % 2 else "mri"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from medsam3.status import failure_rows, study_records
+from medsam3.pipeline.status import failure_rows, study_records
 
 
 def test_failed_studies_and_exports_become_rows():

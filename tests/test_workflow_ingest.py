@@ -13,8 +13,8 @@ import SimpleITK as sitk
 from conftest import snakemake_cmd
 from PIL import Image
 
-from medsam3.demo import FAKE_PATIENT, write_dicom_series
 from medsam3.io.zarr_store import read_study
+from medsam3.pipeline.demo import FAKE_PATIENT, write_dicom_series
 
 IDENTIFIERS = [FAKE_PATIENT["PatientName"], FAKE_PATIENT["PatientID"], "DEMO", "19700101"]
 

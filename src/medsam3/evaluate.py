@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from medsam3.io.image import MedImage
 from medsam3.io.read import read_source
-from medsam3.orientation import segment_in_display_order
+from medsam3.models.orientation import segment_in_display_order
 from medsam3.train import _safe_negatives, load_config_caps, matthews
 from medsam3.training_data import build_samples, group_by_item, read_manifest
 

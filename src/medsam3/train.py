@@ -23,8 +23,8 @@ import torch.nn.functional as F
 import yaml
 from safetensors.torch import load_file, save_file
 
-from medsam3.concepts import load_vocabulary
 from medsam3.models.concept_head import ConceptHead, HeadConfig
+from medsam3.models.concepts import load_vocabulary
 from medsam3.training_data import (
     build_samples,
     cache_dir,

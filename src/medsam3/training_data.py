@@ -22,8 +22,8 @@ from PIL import Image
 
 from medsam3.models.feature_cache import cache_dir, encode_cached, feature_path  # noqa: F401
 from medsam3.models.litemedsam import IMAGE_SIZE, LiteMedSAM, prepare_image
-from medsam3.orientation import display_order
-from medsam3.preprocess import to_uint8_rgb, volume_intensity_range
+from medsam3.models.orientation import display_order
+from medsam3.models.preprocess import to_uint8_rgb, volume_intensity_range
 
 
 @dataclass

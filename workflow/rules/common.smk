@@ -4,8 +4,8 @@ from pathlib import Path
 import pandas as pd
 from snakemake.utils import validate
 
-from medsam3.cohort import load_cohort, read_table
-from medsam3.infer import shard_studies
+from medsam3.pipeline.cohort import load_cohort, read_table
+from medsam3.pipeline.infer import shard_studies
 
 validate(config, "../schemas/config.schema.yaml")
 

@@ -1,7 +1,7 @@
 rule demo_data:
     """Build the embedded demo cohort from package-shipped medical data (no download)."""
     input:
-        code=workflow.source_path("../../src/medsam3/demo.py"),  # rebuild when it changes
+        code=workflow.source_path("../../src/medsam3/pipeline/demo.py"),  # rebuild when it changes
     output:
         directory(str(DEMO_DATA)),
     log:

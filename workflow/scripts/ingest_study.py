@@ -1,8 +1,8 @@
 from pathlib import Path
 
-from medsam3.cohort import Study
-from medsam3.ingest import ingest_study
 from medsam3.logs import job_logging
+from medsam3.pipeline.cohort import Study
+from medsam3.pipeline.ingest import ingest_study
 
 p = snakemake.params
 outdir = Path(snakemake.output.status).parents[2]  # {outdir}/status/ingest/{study}.json

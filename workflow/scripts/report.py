@@ -1,5 +1,5 @@
-from medsam3.aggregate import write_reports
 from medsam3.logs import job_logging
+from medsam3.pipeline.aggregate import write_reports
 
 # The guard keeps Dask's spawned worker processes from re-running this script on import.
 if __name__ == "__main__":

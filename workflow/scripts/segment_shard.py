@@ -1,6 +1,6 @@
-from medsam3.cohort import Study
-from medsam3.infer import segment_shard
 from medsam3.logs import job_logging
+from medsam3.pipeline.cohort import Study
+from medsam3.pipeline.infer import segment_shard
 
 with job_logging(snakemake.log[0]):
     studies = [

@@ -21,14 +21,14 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from scipy import ndimage
 
-from medsam3.concepts import lateral_pair, nearest, parent_of, resolve, tiles_of
 from medsam3.models.base import ConceptResult, Instance, Segmenter
 from medsam3.models.concept_head import ConceptHead, HeadConfig
+from medsam3.models.concepts import lateral_pair, nearest, parent_of, resolve, tiles_of
 from medsam3.models.feature_cache import encode_cached
 from medsam3.models.inputs import InputError, check_array, check_concepts, infer_kind
 from medsam3.models.litemedsam import LiteMedSAM, Prepared, logits_to_original, prepare_image
+from medsam3.models.preprocess import ct_window_for, to_uint8_rgb
 from medsam3.models.text_encoder import shared_text_encoder
-from medsam3.preprocess import ct_window_for, to_uint8_rgb
 
 TILE_SIDE = 0.6  # thin-structure tiles: share of the image side (2 x 2 tiles overlap by 0.2)
 
@@ -215,7 +215,7 @@ class CompactSegmenter(Segmenter):
         the mask of X shows one organ on each side of its midline, the result is (own mask |
         X mask) on the phrase's side of that midline, in radiological orientation (patient's
         left on the image's right, as in the training images and in volumes segmented in
-        display order, medsam3.orientation).
+        display order, medsam3.models.orientation).
         Otherwise (one organ in view, X not found) the own mask is kept.
         """
         pair = lateral_pair(phrase)
@@ -360,7 +360,7 @@ class CompactSegmenter(Segmenter):
         """See :meth:`medsam3.models.base.Segmenter.segment`.
 
         Volumes and videos are segmented slice by slice / frame by frame with propagation
-        (:mod:`medsam3.propagate`); box/point prompts apply to 2D images.
+        (:mod:`medsam3.models.propagate`); box/point prompts apply to 2D images.
         """
         phrases = check_concepts(concepts)
         kind = infer_kind(np.asarray(array), kind)
@@ -371,7 +371,7 @@ class CompactSegmenter(Segmenter):
             results = self.segment_plane(data, phrases, modality, boxes, points)
             prompted = set(boxes or {}) | set(points or {})
             return self._add_tiles(data, results, modality, prompted)
-        from medsam3.propagate import segment_stack
+        from medsam3.models.propagate import segment_stack
 
         return segment_stack(self, data, phrases, kind, modality)
 

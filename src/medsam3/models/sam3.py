@@ -20,6 +20,7 @@ from transformers.utils import is_kernels_available
 
 from medsam3.models.base import ConceptResult, Instance, Segmenter, mask_box
 from medsam3.models.inputs import InputError, check_array, check_concepts, infer_kind
+from medsam3.models.preprocess import ct_window_for, to_uint8_rgb
 from medsam3.models.sam3_checkpoint import (
     apply_lora,
     check_checkpoint_dir,
@@ -30,7 +31,6 @@ from medsam3.models.sam3_checkpoint import (
     random_video_model,
     weight_files,
 )
-from medsam3.preprocess import ct_window_for, to_uint8_rgb
 from medsam3.types import Kind
 
 log = logging.getLogger(__name__)
@@ -135,7 +135,7 @@ class Sam3Segmenter(Segmenter):
         Args:
             array: (y, x[, c]) image, (z, y, x) volume or (t, y, x[, c]) video.
             concepts: phrases; each is a SAM 3 text prompt.
-            modality: "ct" (HU windows per concept), "mri", ... (see medsam3.preprocess).
+            modality: "ct" (HU windows per concept), "mri", ... (see medsam3.models.preprocess).
             spacing: unused by SAM 3 (kept for the interface).
             boxes: per-concept (x0, y0, x1, y1) pixel box prompts; 2D images only.
             points: not supported by SAM 3's concept detector; must be empty.

@@ -21,8 +21,8 @@ import torch
 from scipy import ndimage
 
 from medsam3.models.base import ConceptResult, Instance, mask_box
+from medsam3.models.preprocess import to_uint8_rgb, volume_intensity_range
 from medsam3.models.sam3 import Sam3Segmenter, group_concepts
-from medsam3.preprocess import to_uint8_rgb, volume_intensity_range
 
 log = logging.getLogger(__name__)
 

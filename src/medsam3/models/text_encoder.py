@@ -69,7 +69,7 @@ class TextEncoder:
         Returns:
             (n, 384) float32, unit L2 norm per row.
         """
-        from medsam3.concepts import parent_of
+        from medsam3.models.concepts import parent_of
 
         own = self.encode(phrases)
         parents = [parent_of(p) for p in phrases]

@@ -2,7 +2,7 @@
 
 Tables (one Parquet file each in a reports folder, see ``TABLE_FILES``): studies, segments,
 metrics, failures, provenance. Every table has an explicit schema (defined in
-``medsam3.report_schemas``, re-exported here) whose fields carry a ``description`` in their
+``medsam3.reports.schemas``, re-exported here) whose fields carry a ``description`` in their
 metadata, so an empty table still has typed columns. Rows never hold
 patient identifiers: ``study_id`` is the pipeline's pseudonymous id, errors are scrubbed of UIDs
 and dates.
@@ -27,7 +27,7 @@ from scipy import ndimage
 from medsam3.io.atomic import atomic_path
 from medsam3.io.common import scrub
 from medsam3.io.image import MedImage
-from medsam3.report_schemas import (  # noqa: F401  (re-exported)
+from medsam3.reports.schemas import (  # noqa: F401  (re-exported)
     FAILURES_SCHEMA,
     METRICS_SCHEMA,
     PROVENANCE_SCHEMA,
@@ -245,7 +245,7 @@ def metrics_row(
     Args:
         study_id: pseudonymous study id.
         concept: concept phrase.
-        metrics: output of :func:`medsam3.metrics.segmentation_metrics`.
+        metrics: output of :func:`medsam3.reports.metrics.segmentation_metrics`.
         presence: model presence probability.
         threshold: presence threshold that decides ``pred_present``.
         nsd_tolerance_mm: tolerance the NSD was computed at.
@@ -282,7 +282,7 @@ def failure_row(study_id: str, stage: str, error: BaseException | str) -> dict:
     Returns:
         dict matching ``FAILURES_SCHEMA`` with the current UTC time.
     """
-    from medsam3.provenance import iso_time
+    from medsam3.reports.provenance import iso_time
 
     msg = f"{type(error).__name__}: {error}" if isinstance(error, BaseException) else str(error)
     return {

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from medsam3.io.image import MedImage
     from medsam3.models.base import ConceptResult, Segmenter
 
-log = logging.getLogger("medsam3.orientation")
+log = logging.getLogger("medsam3.models.orientation")
 
 # world axes in SimpleITK's LPS frame: 0 = L(eft), 1 = P(osterior), 2 = S(uperior)
 # slice normal -> ((world axis, sign) that rows run along, (world axis, sign) columns run along)

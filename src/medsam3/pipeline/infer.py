@@ -18,16 +18,16 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from medsam3.cohort import Study, concepts_for
-from medsam3.concepts import log_unknown_phrases
-from medsam3.ingest import scrub, status_path, store_path
 from medsam3.io.atomic import write_json_atomic
 from medsam3.io.image import MedImage
 from medsam3.models.base import ConceptResult, Segmenter
+from medsam3.models.concepts import log_unknown_phrases
 from medsam3.models.inputs import concept_slug
-from medsam3.orientation import segment_in_display_order
+from medsam3.models.orientation import segment_in_display_order
+from medsam3.pipeline.cohort import Study, concepts_for
+from medsam3.pipeline.ingest import scrub, status_path, store_path
 
-log = logging.getLogger("medsam3.infer")
+log = logging.getLogger("medsam3.pipeline.infer")
 
 
 def shard_studies(study_ids: list[str], shard_size: int) -> dict[str, list[str]]:
@@ -96,7 +96,7 @@ def _store_result(store: Path, result: ConceptResult, model: Segmenter) -> None:
 
 def _export(label: np.ndarray, image: MedImage, concept: str, study: Study, cfg: dict) -> None:
     from medsam3 import __version__
-    from medsam3.export import export_dicom_seg, export_nifti, export_png, export_video_masks
+    from medsam3.io.masks import export_dicom_seg, export_nifti, export_png, export_video_masks
 
     base = Path(cfg["outdir"], "masks", study.study_id)
     slug = concept_slug(concept)
@@ -144,7 +144,7 @@ def segment_study(study: Study, model: Segmenter, cfg: dict) -> dict:
         Status record: study_id, status (ok, skipped, failed), concepts done/reused, error.
     """
     from medsam3.io.zarr_store import read_label, read_study
-    from medsam3.reports import SEGMENTS_SCHEMA, segment_rows, write_parquet_atomic
+    from medsam3.reports.tables import SEGMENTS_SCHEMA, segment_rows, write_parquet_atomic
 
     ingest = json.loads(
         status_path(cfg["outdir"], "ingest", study.study_id).read_text(encoding="utf-8")
@@ -204,8 +204,8 @@ def segment_shard(shard: str, studies: list[Study], cfg: dict, out_status: str |
         The shard status: per-study records, failures, provenance.
     """
     from medsam3.models.build import load_model
-    from medsam3.provenance import provenance_row
-    from medsam3.reports import PROVENANCE_SCHEMA, write_parquet_atomic
+    from medsam3.reports.provenance import provenance_row
+    from medsam3.reports.tables import PROVENANCE_SCHEMA, write_parquet_atomic
 
     start = time.time()
     model_cfg = cfg["model"]

@@ -15,7 +15,7 @@ from medsam3.io.common import file_digest
 
 __all__ = ["config_hash", "file_digest", "git_commit", "iso_time", "provenance_row"]
 
-_REPO = Path(__file__).resolve().parents[2]
+_REPO = Path(__file__).resolve().parents[3]
 
 
 def config_hash(config: dict) -> str:

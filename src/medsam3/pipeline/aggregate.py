@@ -14,17 +14,17 @@ from pathlib import Path
 
 import numpy as np
 
-from medsam3.ingest import store_path
 from medsam3.io.atomic import write_json_atomic
 from medsam3.models.inputs import concept_slug
-from medsam3.status import failure_rows, read_statuses, study_records
+from medsam3.pipeline.ingest import store_path
+from medsam3.pipeline.status import failure_rows, read_statuses, study_records
 
-log = logging.getLogger("medsam3.aggregate")
+log = logging.getLogger("medsam3.pipeline.aggregate")
 PRESENCE_THRESHOLD = 0.5
 
 
 def _study_rows(ingest: list[dict], segment: list[dict]) -> list[dict]:
-    from medsam3.reports import STUDIES_SCHEMA
+    from medsam3.reports.tables import STUDIES_SCHEMA
 
     seg_status = {r["study_id"]: r for r in study_records(segment)}
     rows = []
@@ -58,7 +58,7 @@ def metrics_for(truth: dict, outdir: str, tolerance_mm: float) -> dict:
     """Metrics row for one ground-truth row (runs on a Dask worker).
 
     Args:
-        truth: a row of :func:`medsam3.metrics.load_ground_truth` as a dict.
+        truth: a row of :func:`medsam3.reports.metrics.load_ground_truth` as a dict.
         outdir: output root holding the Zarr stores.
         tolerance_mm: NSD tolerance.
 
@@ -66,8 +66,8 @@ def metrics_for(truth: dict, outdir: str, tolerance_mm: float) -> dict:
         ``{"row": metrics row}`` or ``{"failure": failures row}``.
     """
     from medsam3.io.zarr_store import read_label, read_study
-    from medsam3.metrics import read_truth_mask, segmentation_metrics
-    from medsam3.reports import failure_row, metrics_row
+    from medsam3.reports.metrics import read_truth_mask, segmentation_metrics
+    from medsam3.reports.tables import failure_row, metrics_row
 
     sid, concept = truth["study_id"], truth["concept"]
     try:
@@ -86,8 +86,8 @@ def metrics_for(truth: dict, outdir: str, tolerance_mm: float) -> dict:
 
 
 def _metrics(cfg: dict, ground_truth: str) -> tuple[list[dict], list[dict]]:
-    from medsam3.cluster import dask_client
-    from medsam3.metrics import load_ground_truth
+    from medsam3.pipeline.cluster import dask_client
+    from medsam3.reports.metrics import load_ground_truth
 
     truths = load_ground_truth(ground_truth).to_dict("records")
     if not truths:
@@ -108,8 +108,8 @@ def _metrics(cfg: dict, ground_truth: str) -> tuple[list[dict], list[dict]]:
 
 def _overlays(reports: Path, outdir: str) -> list:
     from medsam3.io.zarr_store import read_label, read_study
-    from medsam3.preprocess import to_uint8_rgb
-    from medsam3.report_html import best_worst
+    from medsam3.models.preprocess import to_uint8_rgb
+    from medsam3.reports.html import best_worst
 
     overlays = []
     for sid, concept, dice in best_worst(reports):
@@ -146,8 +146,8 @@ def write_reports(
     Returns:
         The reports folder.
     """
-    from medsam3.report_html import write_html_report
-    from medsam3.reports import (
+    from medsam3.reports.html import write_html_report
+    from medsam3.reports.tables import (
         FAILURES_SCHEMA,
         METRICS_SCHEMA,
         PROVENANCE_SCHEMA,

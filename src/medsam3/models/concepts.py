@@ -15,7 +15,7 @@ from importlib import resources
 
 import numpy as np
 
-log = logging.getLogger("medsam3.concepts")
+log = logging.getLogger("medsam3.models.concepts")
 
 
 @dataclass(frozen=True)

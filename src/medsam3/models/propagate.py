@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from medsam3.models.base import ConceptResult, Instance
-from medsam3.preprocess import volume_intensity_range
+from medsam3.models.preprocess import volume_intensity_range
 from medsam3.types import Kind
 
 
@@ -166,7 +166,7 @@ def segment_stack(
 
 
 def _nearest(phrase: str) -> list[str]:
-    from medsam3.concepts import nearest, resolve
+    from medsam3.models.concepts import nearest, resolve
 
     return [] if resolve(phrase) else [c for c, _ in nearest(phrase, k=3)]
 

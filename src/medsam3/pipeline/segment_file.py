@@ -8,11 +8,11 @@ from pathlib import Path
 
 import numpy as np
 
-from medsam3.concepts import log_unknown_phrases
 from medsam3.io.image import MedImage
 from medsam3.models.base import ConceptResult, Segmenter
+from medsam3.models.concepts import log_unknown_phrases
 from medsam3.models.inputs import concept_slug
-from medsam3.orientation import segment_in_display_order
+from medsam3.models.orientation import segment_in_display_order
 
 log = logging.getLogger("medsam3.segment")
 
@@ -58,7 +58,7 @@ def segment_file(
 
 
 def _write_concept(result: ConceptResult, image: MedImage, outdir: Path) -> dict:
-    from medsam3.export import export_nifti, export_png, export_video_masks
+    from medsam3.io.masks import export_nifti, export_png, export_video_masks
 
     slug = concept_slug(result.concept)
     mask = np.asarray(result.mask, dtype=np.uint8)

@@ -13,10 +13,10 @@ import traceback
 from pathlib import Path
 
 from medsam3 import __version__
-from medsam3.cohort import Study
 from medsam3.io.atomic import write_json_atomic
+from medsam3.pipeline.cohort import Study
 
-log = logging.getLogger("medsam3.ingest")
+log = logging.getLogger("medsam3.pipeline.ingest")
 
 
 def store_path(outdir: str | Path, study_id: str) -> Path:

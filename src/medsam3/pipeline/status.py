@@ -23,7 +23,7 @@ def study_records(statuses: Iterable[dict]) -> list[dict]:
 
 def failure_rows(statuses: Iterable[dict]) -> list[dict]:
     """Rows of the failures table (``FAILURES_SCHEMA``): failed studies and failed exports."""
-    from medsam3.reports import failure_row
+    from medsam3.reports.tables import failure_row
 
     rows = []
     for record in study_records(statuses):
@@ -41,7 +41,7 @@ def write_ingest_reports(status_files: Iterable[str | Path], outdir: str | Path)
         status_files: ``{outdir}/status/ingest/*.json``.
         outdir: output root.
     """
-    from medsam3.reports import FAILURES_SCHEMA, write_parquet_atomic
+    from medsam3.reports.tables import FAILURES_SCHEMA, write_parquet_atomic
 
     rows = failure_rows(read_statuses(status_files))
     write_parquet_atomic(rows, Path(outdir, "reports", "failures.parquet"), FAILURES_SCHEMA)
