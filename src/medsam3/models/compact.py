@@ -27,7 +27,8 @@ from medsam3.models.concepts import lateral_pair, nearest, parent_of, resolve, t
 from medsam3.models.feature_cache import encode_cached
 from medsam3.models.inputs import InputError, check_array, check_concepts, infer_kind
 from medsam3.models.litemedsam import LiteMedSAM, Prepared, logits_to_original, prepare_image
-from medsam3.models.preprocess import ct_window_for, to_uint8_rgb
+from medsam3.models.preprocess import group_by_ct_window, to_uint8_rgb
+from medsam3.models.propagate import segment_compact_stack
 from medsam3.models.text_encoder import shared_text_encoder
 
 TILE_SIDE = 0.6  # thin-structure tiles: share of the image side (2 x 2 tiles overlap by 0.2)
@@ -292,9 +293,7 @@ class CompactSegmenter(Segmenter):
             [((y, x, 3) uint8 plane, phrases)].
         """
         if (modality or "").lower() == "ct" and plane.dtype != np.uint8 and plane.ndim == 2:
-            groups: dict[tuple, list[str]] = {}
-            for p in phrases:
-                groups.setdefault(ct_window_for(p), []).append(p)
+            groups = group_by_ct_window(phrases, modality)
             return [(to_uint8_rgb(plane, "ct", ps[0]), ps) for ps in groups.values()]
         if plane.dtype == np.uint8:
             return [(to_uint8_rgb(plane), phrases)]
@@ -371,9 +370,7 @@ class CompactSegmenter(Segmenter):
             results = self.segment_plane(data, phrases, modality, boxes, points)
             prompted = set(boxes or {}) | set(points or {})
             return self._add_tiles(data, results, modality, prompted)
-        from medsam3.models.propagate import segment_stack
-
-        return segment_stack(self, data, phrases, kind, modality)
+        return segment_compact_stack(self, data, phrases, kind, modality)
 
     def _add_tiles(self, image, results, modality, prompted: set) -> dict[str, ConceptResult]:
         """Thin structures (vocabulary ``tiles`` n > 1) found on the whole image: OR in their
