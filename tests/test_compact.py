@@ -197,6 +197,19 @@ def test_a_phrase_in_another_language_runs_and_is_flagged(model, tmp_path, caplo
     assert len(flagged) == 1 and "'poumon'" in flagged[0]
 
 
+def test_segment_file_on_a_video_writes_frames_and_names_their_folder(model, tmp_path):
+    """``medsam3 segment`` on a video: one PNG per frame, and the summary names the folder."""
+    from medsam3.pipeline.demo import build_demo
+    from medsam3.pipeline.segment_file import segment_file
+
+    video = build_demo(tmp_path).parent / "data" / "echo_clip.mp4"
+    summary = segment_file(video, ["left ventricle"], tmp_path / "out", model)
+    assert summary["input_kind"] == "video"
+    assert summary["concepts"]["left ventricle"]["file"] == "left_ventricle"
+    frames = sorted((tmp_path / "out" / "left_ventricle").iterdir())
+    assert frames[0].name == "frame_0000.png" and len(frames) == 8
+
+
 def test_bilateral_midline_needs_one_organ_on_each_side():
     from medsam3.models.compact import bilateral_midline
 
@@ -266,9 +279,10 @@ def test_auto_device_keeps_compact_on_the_cpu_of_a_gpu_node(monkeypatch):
     """The pipeline's default ``device: auto`` used to ask compact for cuda on GPU nodes."""
     from medsam3.models.build import resolve_device
     from medsam3.pipeline.infer import _model_kwargs
+    from medsam3.pipeline.settings import ModelSettings
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # as on a GPU node
-    assert _model_kwargs({"backend": "compact", "device": "auto"})["device"] == "cpu"
+    assert _model_kwargs(ModelSettings("compact", "", "", "auto"))["device"] == "cpu"
     assert resolve_device("compact", None) == "cpu"
     assert resolve_device("sam3", "auto") == "cuda"
     assert resolve_device("sam3", "cpu") == "cpu"

@@ -5,7 +5,7 @@ rule demo_data:
     output:
         directory(str(DEMO_DATA)),
     log:
-        f"{OUT}/logs/demo_data.log",
+        LAYOUT.log("demo_data"),
     conda:
         "../../envs/medsam3.yaml"
     threads: 1

@@ -3,9 +3,9 @@ rule train_base:
     input:
         config=workflow.source_path("../../configs/train_compact.yaml"),
     output:
-        head=f"{OUT}/train/compact_head_base.safetensors",
+        head=LAYOUT.trained_head("compact_head_base"),
     log:
-        f"{OUT}/logs/train_base.log",
+        LAYOUT.log("train_base"),
     conda:
         "../../envs/medsam3.yaml"
     threads: 2
@@ -22,9 +22,9 @@ rule train:
         config=workflow.source_path("../../configs/train_compact_finetune.yaml"),
         init=rules.train_base.output.head,
     output:
-        head=f"{OUT}/train/compact_head.safetensors",
+        head=LAYOUT.trained_head("compact_head"),
     log:
-        f"{OUT}/logs/train.log",
+        LAYOUT.log("train"),
     conda:
         "../../envs/medsam3.yaml"
     threads: 2

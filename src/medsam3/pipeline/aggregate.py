@@ -1,9 +1,9 @@
 """The report job: combine per-study parts and statuses into the Parquet reports and HTML.
 
-Tables under ``{outdir}/reports/``: studies, segments, metrics (with a ground-truth table),
-failures, provenance, plus ``report.html``. Parts are streamed with pyarrow datasets and
-metrics are computed in parallel on a Dask cluster (LocalCluster, or SLURM via dask-jobqueue),
-so a 100k-study cohort never sits in one pandas frame.
+Tables in the reports folder (``Layout.reports``): studies, segments, metrics (with a
+ground-truth table), failures, provenance, plus ``report.html``. Parts are streamed with pyarrow
+datasets and metrics are computed in parallel on a Dask cluster (LocalCluster, or SLURM via
+dask-jobqueue), so a 100k-study cohort never sits in one pandas frame.
 """
 
 from __future__ import annotations
@@ -15,42 +15,53 @@ from pathlib import Path
 import numpy as np
 
 from medsam3.io.atomic import write_json_atomic
-from medsam3.models.inputs import concept_slug
-from medsam3.pipeline.ingest import store_path
-from medsam3.pipeline.status import failure_rows, read_statuses, study_records
+from medsam3.io.common import concept_slug
+from medsam3.io.zarr_store import read_label, read_study
+from medsam3.models.preprocess import to_uint8_rgb
+from medsam3.pipeline.cluster import dask_client
+from medsam3.pipeline.layout import Layout
+from medsam3.pipeline.settings import ReportSettings
+from medsam3.pipeline.status import StudyStatus, failure_rows, study_records
+from medsam3.reports.html import best_worst, write_html_report
+from medsam3.reports.metrics import load_ground_truth, read_truth_mask, segmentation_metrics
+from medsam3.reports.schemas import (
+    FAILURES_SCHEMA,
+    METRICS_SCHEMA,
+    PROVENANCE_SCHEMA,
+    SEGMENTS_SCHEMA,
+    STUDIES_SCHEMA,
+)
+from medsam3.reports.tables import (
+    aggregate_parts,
+    failure_row,
+    metrics_row,
+    study_row,
+    write_parquet_atomic,
+)
 
 log = logging.getLogger("medsam3.pipeline.aggregate")
 PRESENCE_THRESHOLD = 0.5
 
 
-def _study_rows(ingest: list[dict], segment: list[dict]) -> list[dict]:
-    from medsam3.reports.tables import STUDIES_SCHEMA
+def studies_rows(ingest: list[StudyStatus], segment: list[StudyStatus]) -> list[dict]:
+    """Rows of the studies table: one per ingest record, with the segment outcome folded in.
 
-    seg_status = {r["study_id"]: r for r in study_records(segment)}
+    Args:
+        ingest: ingest records, in cohort order.
+        segment: segment records (any order).
+
+    Returns:
+        Rows (``STUDIES_SCHEMA``) with status "failed" (ingest or segment failed), "ok"
+        (segmented) or "ingested" (no segment record yet), and the first error.
+    """
+    seg = {r.study_id: r for r in segment}
     rows = []
     for rec in ingest:
-        row = dict.fromkeys(STUDIES_SCHEMA.names)
-        row.update(
-            {
-                k: rec.get(k)
-                for k in (
-                    "study_id",
-                    "kind",
-                    "modality",
-                    "shape",
-                    "spacing",
-                    "origin",
-                    "source_digest",
-                )
-            }
-        )
-        shape = rec.get("shape") or []
-        row["frame_count"] = (1 if rec.get("kind") == "image" else shape[0]) if shape else None
-        seg = seg_status.get(rec["study_id"], {})
-        failed = rec.get("status") != "ok" or seg.get("status") == "failed"
-        row["status"] = "failed" if failed else ("ok" if seg else "ingested")
-        row["error"] = rec.get("error") or seg.get("error")
-        rows.append(row)
+        done = seg.get(rec.study_id)
+        failed = rec.status != "ok" or (done is not None and done.status == "failed")
+        status = "failed" if failed else ("ok" if done else "ingested")
+        error = rec.error or (done.error if done else None)
+        rows.append(study_row(rec.study_id, status, error, rec.image))
     return rows
 
 
@@ -65,13 +76,9 @@ def metrics_for(truth: dict, outdir: str, tolerance_mm: float) -> dict:
     Returns:
         ``{"row": metrics row}`` or ``{"failure": failures row}``.
     """
-    from medsam3.io.zarr_store import read_label, read_study
-    from medsam3.reports.metrics import read_truth_mask, segmentation_metrics
-    from medsam3.reports.tables import failure_row, metrics_row
-
     sid, concept = truth["study_id"], truth["concept"]
     try:
-        store = store_path(outdir, sid)
+        store = Layout(outdir).store(sid)
         image = read_study(store)
         pred, attrs = read_label(store, concept_slug(concept))
         gt = read_truth_mask(truth, like=image)
@@ -85,19 +92,17 @@ def metrics_for(truth: dict, outdir: str, tolerance_mm: float) -> dict:
         return {"failure": failure_row(sid, "metrics", exc)}
 
 
-def _metrics(cfg: dict, ground_truth: str) -> tuple[list[dict], list[dict]]:
-    from medsam3.pipeline.cluster import dask_client
-    from medsam3.reports.metrics import load_ground_truth
-
-    truths = load_ground_truth(ground_truth).to_dict("records")
+def _metrics(settings: ReportSettings) -> tuple[list[dict], list[dict]]:
+    """Metrics rows of every ground-truth row (on the Dask cluster), and the failures."""
+    truths = load_ground_truth(settings.ground_truth).to_dict("records")
     if not truths:
         return [], []
-    with dask_client(cfg) as client:
+    with dask_client({"dask": settings.dask}) as client:
         futures = client.map(
             metrics_for,
             truths,
-            outdir=cfg["outdir"],
-            tolerance_mm=float(cfg.get("nsd_tolerance_mm", 2.0)),
+            outdir=settings.outdir,
+            tolerance_mm=float(settings.nsd_tolerance_mm),
             pure=False,
         )
         results = client.gather(futures)
@@ -106,14 +111,11 @@ def _metrics(cfg: dict, ground_truth: str) -> tuple[list[dict], list[dict]]:
     ]
 
 
-def _overlays(reports: Path, outdir: str) -> list:
-    from medsam3.io.zarr_store import read_label, read_study
-    from medsam3.models.preprocess import to_uint8_rgb
-    from medsam3.reports.html import best_worst
-
+def _overlays(layout: Layout) -> list:
+    """Best and worst Dice overlays for the HTML report: (title, RGB plane, mask) each."""
     overlays = []
-    for sid, concept, dice in best_worst(reports):
-        store = store_path(outdir, sid)
+    for sid, concept, dice in best_worst(layout.reports):
+        store = layout.store(sid)
         image, (label, _) = read_study(store), read_label(store, concept_slug(concept))
         k = (
             int(np.argmax(label.reshape(label.shape[0], -1).sum(1)))
@@ -133,49 +135,32 @@ def _overlays(reports: Path, outdir: str) -> list:
 
 
 def write_reports(
-    ingest_files: list[str], segment_files: list[str], cfg: dict, ground_truth: str | None
+    ingest_files: list[str], segment_files: list[str], settings: ReportSettings
 ) -> Path:
-    """Write every report table and ``report.html``.
+    """Write every report table, ``report.html`` and the report timing.
 
     Args:
-        ingest_files: ingest status JSONs (one per study).
-        segment_files: segment shard status JSONs.
-        cfg: workflow config (outdir, nsd_tolerance_mm, dask).
-        ground_truth: ground-truth table path, or None/"" for no metrics.
+        ingest_files: ingest status files (one per study, cohort order).
+        segment_files: segment shard status files.
+        settings: output folder, NSD tolerance, Dask cluster and ground-truth table ("": none).
 
     Returns:
         The reports folder.
     """
-    from medsam3.reports.html import write_html_report
-    from medsam3.reports.tables import (
-        FAILURES_SCHEMA,
-        METRICS_SCHEMA,
-        PROVENANCE_SCHEMA,
-        SEGMENTS_SCHEMA,
-        STUDIES_SCHEMA,
-        aggregate_parts,
-        write_parquet_atomic,
-    )
-
     start = time.time()
-    out = Path(cfg["outdir"])
-    reports = out / "reports"
-    ingest, segment = read_statuses(ingest_files), read_statuses(segment_files)
-    write_parquet_atomic(_study_rows(ingest, segment), reports / "studies.parquet", STUDIES_SCHEMA)
-    seg_parts = [
-        out / "parts" / "segments" / f"{r['study_id']}.parquet"
-        for r in study_records(segment)
-        if r.get("status") == "ok"
-    ]
-    aggregate_parts(seg_parts, reports / "segments.parquet", SEGMENTS_SCHEMA)
-    prov_parts = sorted((out / "parts" / "provenance").glob("*.parquet"))
-    aggregate_parts(prov_parts, reports / "provenance.parquet", PROVENANCE_SCHEMA)
-    metrics, metric_failures = _metrics(cfg, ground_truth) if ground_truth else ([], [])
-    write_parquet_atomic(metrics, reports / "metrics.parquet", METRICS_SCHEMA)
+    layout = settings.layout
+    ingest, segment = study_records(ingest_files), study_records(segment_files)
+    write_parquet_atomic(studies_rows(ingest, segment), layout.table("studies"), STUDIES_SCHEMA)
+    seg_parts = [layout.segments_part(r.study_id) for r in segment if r.status == "ok"]
+    aggregate_parts(seg_parts, layout.table("segments"), SEGMENTS_SCHEMA)
+    prov_parts = layout.provenance_parts()
+    aggregate_parts(prov_parts, layout.table("provenance"), PROVENANCE_SCHEMA)
+    metrics, metric_failures = _metrics(settings) if settings.ground_truth else ([], [])
+    write_parquet_atomic(metrics, layout.table("metrics"), METRICS_SCHEMA)
     failures = failure_rows(ingest) + failure_rows(segment) + metric_failures
-    write_parquet_atomic(failures, reports / "failures.parquet", FAILURES_SCHEMA)
-    write_html_report(reports, reports / "report.html", _overlays(reports, cfg["outdir"]))
-    write_json_atomic(out / "status" / "report.json", {"seconds": time.time() - start})
+    write_parquet_atomic(failures, layout.table("failures"), FAILURES_SCHEMA)
+    write_html_report(layout.reports, layout.html_report(), _overlays(layout))
+    write_json_atomic(layout.report_timing(), {"seconds": time.time() - start})
     log.info(
         "reports: %d studies, %d segment parts, %d metrics rows, %d failures",
         len(ingest),
@@ -183,4 +168,4 @@ def write_reports(
         len(metrics),
         len(failures),
     )
-    return reports
+    return layout.reports

@@ -10,90 +10,57 @@ from __future__ import annotations
 import logging
 import time
 import traceback
-from pathlib import Path
 
-from medsam3 import __version__
-from medsam3.io.atomic import write_json_atomic
+from medsam3._version import __version__
+from medsam3.io.image import ImageInfo
+from medsam3.io.read import ReadError, read_source
+from medsam3.io.zarr_store import write_study
 from medsam3.pipeline.cohort import Study
+from medsam3.pipeline.settings import IngestSettings
+from medsam3.pipeline.status import JobStatus, StudyStatus, hide_source_path, write_status
 
 log = logging.getLogger("medsam3.pipeline.ingest")
 
 
-def store_path(outdir: str | Path, study_id: str) -> Path:
-    """Zarr store of a study: ``{outdir}/zarr/{study_id}.zarr``."""
-    return Path(outdir) / "zarr" / f"{study_id}.zarr"
-
-
-def status_path(outdir: str | Path, stage: str, study_id: str) -> Path:
-    """Status JSON of a study for a stage: ``{outdir}/status/{stage}/{study_id}.json``."""
-    return Path(outdir) / "status" / stage / f"{study_id}.json"
-
-
-def scrub(message: str, study: Study, include_paths: bool = False) -> str:
-    """Replace the study's source path in a message unless paths may be reported.
-
-    Hospital paths often embed patient names or record numbers, so reports show ``<source>``.
-    """
-    if include_paths:
-        return message
-    return message.replace(study.path, "<source>").replace(Path(study.path).name, "<source>")
-
-
-def ingest_study(study: Study, outdir: str | Path, include_paths: bool = False) -> dict:
+def ingest_study(study: Study, settings: IngestSettings) -> StudyStatus:
     """Read one study and write its Zarr store; never raises for bad input.
 
     Args:
-        study: validated cohort row.
-        outdir: output root; the store goes to ``{outdir}/zarr/{study_id}.zarr``.
-        include_paths: keep source paths in recorded error messages.
+        study: validated cohort row (its concepts are not used).
+        settings: output folder and whether error messages may keep source paths.
 
     Returns:
-        The status record also written to ``{outdir}/status/ingest/{study_id}.json``:
-        study_id, status ("ok" or "failed"), stage, error, kind, modality, shape, spacing,
-        origin, direction, frame_rate, units, source_digest, warnings, seconds.
+        The study's record, also written as ``Layout.status("ingest", study_id)``: status "ok"
+        with the stored image's description, or "failed" with the reason.
     """
     start = time.time()
-    record: dict = {"study_id": study.study_id, "stage": "ingest", "status": "ok", "error": None}
+    record = StudyStatus(study.study_id, "ingest")
     try:
-        record.update(_read_and_write(study, outdir))
+        record.image = _read_and_write(study, settings)
     except Exception as exc:  # noqa: BLE001 - every failure is recorded, the cohort goes on
-        record.update(status="failed", error=scrub(_describe(exc), study, include_paths))
+        record.status = "failed"
+        record.error = hide_source_path(_describe(exc), study.path, settings.report_paths)
         log.debug("ingest %s failed:\n%s", study.study_id, traceback.format_exc())
-    record["seconds"] = round(time.time() - start, 3)
-    write_json_atomic(status_path(outdir, "ingest", study.study_id), record)
+    record.seconds = round(time.time() - start, 3)
+    status = JobStatus("ingest", study.study_id, [record])
+    write_status(settings.layout.status("ingest", study.study_id), status)
     log.info(
         "ingest %s: %s%s",
         study.study_id,
-        record["status"],
-        f" ({record['error']})" if record["error"] else "",
+        record.status,
+        f" ({record.error})" if record.error else "",
     )
     return record
 
 
-def _read_and_write(study: Study, outdir: str | Path) -> dict:
-    from medsam3.io.read import read_source
-    from medsam3.io.zarr_store import write_study
-
+def _read_and_write(study: Study, settings: IngestSettings) -> ImageInfo:
     image = read_source(study.path, modality=study.modality)
     attrs = {"study_id": study.study_id, "medsam3_version": __version__}
-    write_study(store_path(outdir, study.study_id), image, attrs=attrs)
-    return {
-        "kind": image.kind,
-        "modality": image.modality,
-        "shape": list(image.array.shape),
-        "spacing": list(image.spacing),
-        "origin": list(image.origin),
-        "direction": list(image.direction),
-        "frame_rate": image.frame_rate,
-        "units": image.units,
-        "source_digest": image.source_digest,
-        "warnings": list(image.warnings),
-    }
+    write_study(settings.layout.store(study.study_id), image, attrs=attrs)
+    return ImageInfo.of(image)
 
 
 def _describe(exc: BaseException) -> str:
-    from medsam3.io.read import ReadError
-
     if isinstance(exc, ReadError):
         return str(exc)
     return f"{type(exc).__name__}: {exc}"
