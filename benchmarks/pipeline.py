@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def make_cohort(root: Path, n: int) -> Path:
-    from medsam3.demo import _write_2d
+    from medsam3.pipeline.demo import _write_2d
 
     data = root / "data"
     data.mkdir(parents=True, exist_ok=True)

@@ -22,7 +22,7 @@ from medsam3.training.augment import (
 def mri_rgb() -> np.ndarray:
     from nilearn.datasets import load_mni152_template
 
-    from medsam3.preprocess import to_uint8_rgb
+    from medsam3.models.preprocess import to_uint8_rgb
 
     vol = load_mni152_template().get_fdata().astype(np.float32)
     return to_uint8_rgb(np.ascontiguousarray(np.rot90(vol[:, :, vol.shape[2] // 2])), "mri")

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from medsam3.cluster import (
+from medsam3.pipeline.cluster import (
     close_dask_client,
     dask_client,
     dask_settings,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from medsam3.cohort import CohortError, Study, concepts_for, derive_study_id, load_cohort
+from medsam3.pipeline.cohort import CohortError, Study, concepts_for, derive_study_id, load_cohort
 
 
 def test_derived_ids_are_salted_hashes_without_the_path(tmp_path):

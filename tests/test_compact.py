@@ -57,7 +57,7 @@ def test_segment_mri_slice_shapes_and_encode_once(model, encoder_calls, mri_slic
 
 def test_only_large_components_go_to_the_decoder(model, mri_slice):
     """Fragments under refine_min_share of the largest component keep their dense shape."""
-    from medsam3.preprocess import to_uint8_rgb
+    from medsam3.models.preprocess import to_uint8_rgb
 
     state = model.encode_plane(to_uint8_rgb(mri_slice, "mri"))
     dense = torch.full((1, 256, 256), -10.0)
@@ -81,7 +81,7 @@ def test_only_large_components_go_to_the_decoder(model, mri_slice):
 
 def test_unseen_subtype_is_present_where_its_parent_is(model, mri_slice):
     from medsam3.models.phrases import condition
-    from medsam3.preprocess import to_uint8_rgb
+    from medsam3.models.preprocess import to_uint8_rgb
 
     state = model.encode_plane(to_uint8_rgb(mri_slice, "mri"), "mri")
     phrases = ["anterior hippocampus", "hippocampus", "brain", "neoplastic polyp"]
@@ -172,7 +172,7 @@ def test_demo_chest_radiograph_is_shown_as_read_and_its_lungs_are_found(model, t
     """The pydicom CR is MONOCHROME1; written uninverted, its lungs were white and missed."""
     from PIL import Image
 
-    from medsam3.demo import build_demo
+    from medsam3.pipeline.demo import build_demo
 
     img = np.asarray(Image.open(build_demo(tmp_path).parent / "data" / "chest_xray.png"))
     res = model.segment(img, ["lung"], modality="xray")
@@ -185,17 +185,30 @@ def test_demo_chest_radiograph_is_shown_as_read_and_its_lungs_are_found(model, t
 def test_a_phrase_in_another_language_runs_and_is_flagged(model, tmp_path, caplog):
     """Documented behaviour: phrases are not translated; an unknown one still runs, is logged
     with its nearest known concepts, and the summary names them."""
-    from medsam3.demo import build_demo
-    from medsam3.segment_file import segment_file
+    from medsam3.pipeline.demo import build_demo
+    from medsam3.pipeline.segment_file import segment_file
 
     xray = build_demo(tmp_path).parent / "data" / "chest_xray.png"
-    with caplog.at_level("WARNING", logger="medsam3.concepts"):
+    with caplog.at_level("WARNING", logger="medsam3.models.concepts"):
         summary = segment_file(xray, ["poumon", "lung"], tmp_path / "out", model)
     assert (tmp_path / "out" / "poumon.png").is_file()
     assert len(summary["concepts"]["poumon"]["nearest_known"]) == 3
     assert summary["concepts"]["lung"]["nearest_known"] == []
     flagged = [r.getMessage() for r in caplog.records if "not in the vocabulary" in r.getMessage()]
     assert len(flagged) == 1 and "'poumon'" in flagged[0]
+
+
+def test_segment_file_on_a_video_writes_frames_and_names_their_folder(model, tmp_path):
+    """``medsam3 segment`` on a video: one PNG per frame, and the summary names the folder."""
+    from medsam3.pipeline.demo import build_demo
+    from medsam3.pipeline.segment_file import segment_file
+
+    video = build_demo(tmp_path).parent / "data" / "echo_clip.mp4"
+    summary = segment_file(video, ["left ventricle"], tmp_path / "out", model)
+    assert summary["input_kind"] == "video"
+    assert summary["concepts"]["left ventricle"]["file"] == "left_ventricle"
+    frames = sorted((tmp_path / "out" / "left_ventricle").iterdir())
+    assert frames[0].name == "frame_0000.png" and len(frames) == 8
 
 
 def test_bilateral_midline_needs_one_organ_on_each_side():
@@ -229,8 +242,8 @@ def test_left_and_right_lung_fall_on_the_patients_sides(model, shared_data):
 
 
 def test_tile_grid_covers_the_image_with_overlapping_tiles():
-    from medsam3.concepts import tiles_of
     from medsam3.models.compact import tile_grid
+    from medsam3.models.concepts import tiles_of
 
     tiles = tile_grid((584, 565), 2, 0.6)
     assert len(tiles) == 4
@@ -265,11 +278,12 @@ def test_thin_vessels_gain_from_tiles(model, shared_data):
 
 def test_auto_device_keeps_compact_on_the_cpu_of_a_gpu_node(monkeypatch):
     """The pipeline's default ``device: auto`` used to ask compact for cuda on GPU nodes."""
-    from medsam3.infer import _model_kwargs
     from medsam3.models.build import resolve_device
+    from medsam3.pipeline.infer import _model_kwargs
+    from medsam3.pipeline.settings import ModelSettings
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # as on a GPU node
-    assert _model_kwargs({"backend": "compact", "device": "auto"})["device"] == "cpu"
+    assert _model_kwargs(ModelSettings("compact", "", "", "auto"))["device"] == "cpu"
     assert resolve_device("compact", None) == "cpu"
     assert resolve_device("sam3", "auto") == "cuda"
     assert resolve_device("sam3", "cpu") == "cpu"
@@ -280,7 +294,7 @@ def test_auto_device_keeps_compact_on_the_cpu_of_a_gpu_node(monkeypatch):
 def test_synonyms_and_spelling_variants_give_the_concepts_mask(model, tmp_path):
     from PIL import Image
 
-    from medsam3.demo import build_demo
+    from medsam3.pipeline.demo import build_demo
 
     img = np.asarray(Image.open(build_demo(tmp_path).parent / "data" / "chest_xray.png"))
     phrases = ["lung", "lungs", "Lung Fields", "lugn"]
@@ -297,7 +311,7 @@ def test_the_modality_of_real_images_is_recognised(model, mri_slice, tmp_path):
     from PIL import Image
     from pydicom.data import get_testdata_file
 
-    from medsam3.demo import build_demo
+    from medsam3.pipeline.demo import build_demo
 
     xray = np.asarray(Image.open(build_demo(tmp_path).parent / "data" / "chest_xray.png"))
     ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))

@@ -7,7 +7,7 @@ from importlib import resources
 
 import numpy as np
 
-from medsam3.concepts import (
+from medsam3.models.concepts import (
     concept_names,
     get_concept,
     load_vocabulary,
@@ -124,7 +124,7 @@ def test_concepts_command_lists_every_concept_with_its_parent(capsys):
 
 
 def test_lateral_pair_names_the_side_of_a_paired_organ():
-    from medsam3.concepts import lateral_pair
+    from medsam3.models.concepts import lateral_pair
 
     assert lateral_pair("left kidney") == ("left", "kidney")
     assert lateral_pair("Right_Lung") == ("right", "lung")

@@ -11,9 +11,9 @@ import pytest
 from io_helpers import write_dicom_series, write_us_cine
 from PIL import Image
 
-from medsam3.cohort import derive_study_id
-from medsam3.discover import COLUMNS, discover, main_discover
 from medsam3.io.read import ReadError, read_source
+from medsam3.pipeline.cohort import derive_study_id
+from medsam3.pipeline.discover import COLUMNS, discover, main_discover
 
 
 @pytest.fixture(scope="module")

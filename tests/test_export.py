@@ -13,15 +13,17 @@ import SimpleITK as sitk
 from PIL import Image
 from pydicom.data import get_testdata_file
 
-from medsam3.export import (
+from medsam3.io.image import MedImage
+from medsam3.io.masks import (
     concept_codes,
     export_dicom_seg,
     export_nifti,
     export_png,
     export_video_masks,
     sort_along_normal,
+    write_concept_masks,
 )
-from medsam3.io.image import MedImage
+from medsam3.io.read import read_source
 
 OBLIQUE = (0.0, 1.0, 0.0, -1.0, 0.0, 0.0, 0.0, 0.0, 1.0)
 
@@ -170,3 +172,47 @@ def test_dicom_seg_rejects_mismatched_series(tmp_path, ct_series):
             np.zeros((5, 8, 8), np.uint8), ct_series, "liver", tmp_path / "s.dcm", "a", "1"
         )
     assert not any(tmp_path.iterdir())
+
+
+def test_write_concept_masks_picks_files_by_kind_and_format(tmp_path, volume):
+    image = MedImage(np.zeros((4, 5), np.uint8), "image", (1.0, 1.0), (0.0, 0.0), (1, 0, 0, 1))
+    mask = np.zeros((4, 5), np.uint8)
+    mask[1, 1:3] = 1
+    written = write_concept_masks(mask, image, "Left  Kidney", tmp_path / "a")
+    assert [p.name for p in written] == ["left_kidney.png"]
+    assert write_concept_masks(mask, image, "x", tmp_path / "b", formats=["nifti"]) == []
+    vmask = (volume.array > 0).astype(np.uint8)
+    both = write_concept_masks(
+        vmask, volume, "liver", tmp_path / "c", ["png", "nifti", "dicom-seg"]
+    )
+    assert [p.name for p in both] == ["liver.nii.gz"]  # no DICOM source: no SEG
+    video = MedImage(np.zeros((2, 4, 5), np.uint8), "video", (1.0, 1.0, 1.0), (0, 0, 0), OBLIQUE)
+    vid = np.stack([mask, mask])
+    frames = write_concept_masks(vid, video, "polyp", tmp_path / "d")
+    assert [str(p.relative_to(tmp_path / "d")) for p in frames] == [
+        "polyp/frame_0000.png",
+        "polyp/frame_0001.png",
+    ]
+    (nii,) = write_concept_masks(vid, video, "polyp", tmp_path / "e", formats=["nifti"])
+    assert nii.relative_to(tmp_path / "e") == Path("polyp/mask.nii.gz")
+
+
+def test_dicom_seg_frames_meet_the_slices_the_reader_stacked(tmp_path, ct_series):
+    """The reader and the SEG export order slices with the same function."""
+    ct = read_source(ct_series[0].parent)
+    threshold = np.median(ct.array)
+    mask = (ct.array > threshold).astype(np.uint8)
+    source = ct_series[0].parent
+    paths = write_concept_masks(mask, ct, "liver", tmp_path, ["nifti", "dicom-seg"], source=source)
+    assert [p.name for p in paths] == ["liver.nii.gz", "liver.dcm"]
+    seg = hd.seg.segread(paths[1])
+    for path in ct_series:
+        ds = pydicom.dcmread(path)
+        hu = ds.pixel_array * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
+        got = seg.get_pixels_by_source_instance(
+            source_sop_instance_uids=[ds.SOPInstanceUID],
+            segment_numbers=[1],
+            ignore_spatial_locations=True,
+            assert_missing_frames_are_empty=True,
+        )[0, :, :, 0]
+        np.testing.assert_array_equal(got, (hu > threshold).astype(np.uint8))

@@ -6,8 +6,8 @@ from __future__ import annotations
 def test_instance_label_always_keeps_the_union():
     import numpy as np
 
-    from medsam3.infer import instance_label
     from medsam3.models.base import ConceptResult, Instance
+    from medsam3.pipeline.infer import instance_label
 
     union = np.zeros((8, 8), np.uint8)
     union[1:3, 1:3] = union[5:7, 5:7] = 1

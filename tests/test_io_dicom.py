@@ -19,9 +19,9 @@ from io_helpers import (
 from pydicom.data import get_testdata_file
 from pydicom.pixels import pixel_array
 
-from medsam3.discover import discover
 from medsam3.io.read import ReadError, read_source
 from medsam3.io.zarr_store import read_study, write_study
+from medsam3.pipeline.discover import discover
 
 SPACING = (0.7, 0.9, 2.5)
 ORIGIN = (-20.0, 15.0, 40.0)

@@ -11,7 +11,7 @@ import SimpleITK as sitk
 from PIL import Image
 
 from medsam3.io.image import MedImage
-from medsam3.metrics import (
+from medsam3.reports.metrics import (
     load_ground_truth,
     matthews,
     monai_spacing,

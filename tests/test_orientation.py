@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from medsam3.orientation import DisplayOrder, display_order, segment_in_display_order
+from medsam3.models.orientation import DisplayOrder, display_order, segment_in_display_order
 
 L, P, S = np.eye(3)
 # index axes x, y, z as world (LPS) vectors -> what rows and columns must run along on display
@@ -57,7 +57,7 @@ def test_slightly_oblique_volumes_use_the_nearest_axes_and_spacing_follows_a_swa
 def test_a_volume_too_oblique_to_name_a_plane_is_kept_as_stored(caplog):
     c = np.sqrt(0.5)  # rotated 45 degrees about S: index x and y lie between left and posterior
     direction = (c, -c, 0.0, c, c, 0.0, 0.0, 0.0, 1.0)
-    with caplog.at_level("WARNING", logger="medsam3.orientation"):
+    with caplog.at_level("WARNING", logger="medsam3.models.orientation"):
         assert display_order(direction).identity
     assert "too oblique" in caplog.text
 
@@ -83,7 +83,7 @@ def test_left_hippocampus_of_a_ras_nifti_is_on_the_patients_left(compact, tmp_pa
     datasets = pytest.importorskip("nilearn.datasets")
     from medsam3.io.image import same_space
     from medsam3.io.read import read_source
-    from medsam3.segment_file import segment_file
+    from medsam3.pipeline.segment_file import segment_file
 
     template = datasets.load_mni152_template(resolution=2)
     template.slicer[:, :, 26:32].to_filename(tmp_path / "mni_hippocampus.nii.gz")

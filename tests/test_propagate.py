@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from medsam3.propagate import hysteresis, instances_3d, propagate_masks
+from medsam3.models.propagate import hysteresis, instances_3d, propagate_masks
 
 
 def _disc(shape, center, radius):

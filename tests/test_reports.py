@@ -13,10 +13,10 @@ import pyarrow.parquet as pq
 import pytest
 import SimpleITK as sitk
 
-from medsam3.io.image import MedImage
-from medsam3.provenance import config_hash, file_digest, git_commit, provenance_row
-from medsam3.report_html import best_worst, save_figures, write_html_report
-from medsam3.reports import (
+from medsam3.io.image import ImageInfo, MedImage
+from medsam3.reports.html import best_worst, save_figures, write_html_report
+from medsam3.reports.provenance import config_hash, file_digest, git_commit, provenance_row
+from medsam3.reports.tables import (
     FAILURES_SCHEMA,
     METRICS_SCHEMA,
     PROVENANCE_SCHEMA,
@@ -141,8 +141,8 @@ def test_schemas_have_descriptions_and_empty_tables_keep_columns(tmp_path):
 
 def test_study_and_failure_rows_are_scrubbed(mni, tmp_path):
     image, _ = mni
-    ok = study_row("study-1", image, "ok", None)
-    bad = study_row("study-2", None, "failed", "bad UID 1.2.840.113619.2.55.3 on 20240131")
+    ok = study_row("study-1", "ok", None, ImageInfo.of(image))
+    bad = study_row("study-2", "failed", "bad UID 1.2.840.113619.2.55.3 on 20240131", None)
     assert "1.2.840" not in bad["error"] and "20240131" not in bad["error"]
     fail = failure_row("study-2", "ingest", ValueError("series 1.2.3.4.5 broken"))
     assert fail["error"].startswith("ValueError") and "1.2.3.4.5" not in fail["error"]
@@ -190,7 +190,7 @@ def _cohort_reports(tmp_path, mni) -> tuple[dict, list]:
     image, _ = mni
     brain = (image.array > 0).astype(np.uint8)
     studies, segments, metrics, volumes = [], [], [], {"ct": [], "mri": []}
-    from medsam3.metrics import segmentation_metrics
+    from medsam3.reports.metrics import segmentation_metrics
 
     for i in range(6):
         modality = "ct" if i % 2 else "mri"
@@ -199,7 +199,7 @@ def _cohort_reports(tmp_path, mni) -> tuple[dict, list]:
         img = MedImage(
             image.array, "volume", image.spacing, image.origin, image.direction, modality=modality
         )
-        studies.append(study_row(f"s{i}", img, "ok", None))
+        studies.append(study_row(f"s{i}", "ok", None, ImageInfo.of(img)))
         rows = segment_rows(f"s{i}", "liver", mask, img, 0.9, [0.9], "compact", "d")
         segments += rows
         volumes[modality].append(rows[0]["volume_ml"])

@@ -22,13 +22,13 @@ transformers = pytest.importorskip("transformers")
 from medsam3.models.build import load_model  # noqa: E402
 from medsam3.models.clip_tokenizer import offline_clip_tokenizer  # noqa: E402
 from medsam3.models.inputs import InputError  # noqa: E402
+from medsam3.models.preprocess import ct_window_for, to_uint8_rgb  # noqa: E402
 from medsam3.models.sam3 import Sam3Segmenter, build_random_sam3, build_sam3, mask_box  # noqa: E402
 from medsam3.models.sam3_checkpoint import (  # noqa: E402
     CheckpointError,
     load_processor,
     tiny_video_config,
 )
-from medsam3.preprocess import ct_window_for, to_uint8_rgb  # noqa: E402
 
 PHRASES = ["liver", "left kidney", "Fetal head!", "pleural effusion (right)", "COVID-19 lesion"]
 

@@ -15,7 +15,7 @@ def slices():
     """Two real MNI152 slices: one with a top blob labelled, one without it (same dataset)."""
     from nilearn.datasets import load_mni152_template
 
-    from medsam3.preprocess import to_uint8_rgb
+    from medsam3.models.preprocess import to_uint8_rgb
 
     vol = load_mni152_template().get_fdata().astype(np.float32)
     planes = [to_uint8_rgb(np.ascontiguousarray(np.rot90(vol[:, :, z])), "mri") for z in (60, 90)]

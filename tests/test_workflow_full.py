@@ -17,8 +17,8 @@ import SimpleITK as sitk
 from conftest import snakemake_cmd
 from PIL import Image
 
-from medsam3.demo import write_dicom_series
 from medsam3.io.zarr_store import is_complete, read_label
+from medsam3.pipeline.demo import write_dicom_series
 
 pytestmark = pytest.mark.slow
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
 
@@ -13,8 +12,9 @@ import SimpleITK as sitk
 from conftest import snakemake_cmd
 from PIL import Image
 
-from medsam3.demo import FAKE_PATIENT, write_dicom_series
 from medsam3.io.zarr_store import read_study
+from medsam3.pipeline.demo import FAKE_PATIENT, write_dicom_series
+from medsam3.pipeline.status import read_status
 
 IDENTIFIERS = [FAKE_PATIENT["PatientName"], FAKE_PATIENT["PatientID"], "DEMO", "19700101"]
 
@@ -82,7 +82,8 @@ def ingest_run(tmp_path_factory):
 def test_snakemake_succeeds_and_records_every_failure(ingest_run):
     out, first, _ = ingest_run
     assert first.returncode == 0, first.stderr[-3000:]
-    failures = pd.read_parquet(out / "reports" / "failures.parquet")
+    failures = pd.read_parquet(out / "reports" / "ingest_failures.parquet")
+    assert not (out / "reports" / "failures.parquet").exists()  # the full report's table
     failed = set(failures["study_id"])
     assert {"empty", "two-series", "noise-video", "nan-volume"} <= failed
     assert len(failed) == 5  # plus the missing path, under its derived id
@@ -117,5 +118,5 @@ def test_no_identifier_or_source_path_in_any_output(ingest_run):
             blob = path.read_bytes()
             for ident in IDENTIFIERS + ["missing.nii.gz"]:
                 assert ident.encode() not in blob, f"{ident} found in {path}"
-    status = json.loads(next((out / "status" / "ingest").glob("s-*.json")).read_text())
-    assert status["status"] == "failed" and "<source>" in status["error"]
+    status = read_status(next((out / "status" / "ingest").glob("s-*.json"))).studies[0]
+    assert status.status == "failed" and "<source>" in status.error

@@ -1,14 +1,12 @@
-"""medsam3: text-promptable medical concept segmentation over imaging cohorts."""
+"""medsam3: text-promptable medical concept segmentation over imaging cohorts.
+
+The public API: :func:`load_model` returns a segmenter whose ``segment`` method takes a numpy
+array and concept phrases. The layers of the package are described in ``docs/architecture.md``.
+"""
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from medsam3._version import __version__
+from medsam3.models.build import load_model
 
 __all__ = ["__version__", "load_model"]
-
-
-def load_model(backend: str = "compact", checkpoint: str | None = None, **kwargs):
-    """Build a concept segmenter (see :func:`medsam3.models.build.load_model`)."""
-    from medsam3.models.build import load_model as _load_model
-
-    return _load_model(backend=backend, checkpoint=checkpoint, **kwargs)

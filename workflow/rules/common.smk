@@ -1,15 +1,21 @@
-# Shared Python for the rules: config and cohort validation, study lookups, input functions.
+# Shared Python for the rules: config and cohort validation, the output layout, typed params.
 from pathlib import Path
 
-import pandas as pd
 from snakemake.utils import validate
 
-from medsam3.cohort import load_cohort, read_table
-from medsam3.infer import shard_studies
+from medsam3.pipeline.cohort import load_cohort, read_table, shard_studies
+from medsam3.pipeline.layout import Layout
+from medsam3.pipeline.settings import (
+    IngestSettings,
+    JobResources,
+    ReportSettings,
+    SegmentSettings,
+)
 
-validate(config, "../schemas/config.schema.yaml")
+# Fills every optional key with its schema default: the defaults live in the schema only.
+validate(config, "../schemas/config.schema.yaml", set_default=True)
 
-OUT = config["outdir"].rstrip("/")
+LAYOUT = Layout(config["outdir"])
 DEMO_DATA = Path(workflow.basedir, "resources", "demo", "data").resolve()
 STUDY_WILDCARD = "[A-Za-z0-9][A-Za-z0-9._-]*"
 
@@ -23,19 +29,24 @@ def workflow_path(path):
 
 
 COHORT = workflow_path(config["cohort"])
-GROUND_TRUTH = workflow_path(config.get("ground_truth") or "")
+GROUND_TRUTH = workflow_path(config["ground_truth"] or "")
 validate(read_table(COHORT), "../schemas/cohort.schema.yaml")
 STUDIES = {s.study_id: s for s in load_cohort(COHORT, config["study_id_salt"])}
+SHARDS = shard_studies(list(STUDIES.values()), config["shard_size"])
+INGEST_SETTINGS = IngestSettings.from_config(config)
+SEGMENT_SETTINGS = SegmentSettings.from_config(config)
+REPORT_SETTINGS = ReportSettings.from_config(config, GROUND_TRUTH)
 
 
 wildcard_constraints:
     study=STUDY_WILDCARD,
+    shard="shard-[0-9]+",
 
 
 def rule_resources(group):
-    """mem_mb / runtime (minutes) for a rule group from config['resources']."""
-    res = config.get("resources", {}).get(group, {})
-    return {"mem_mb": res.get("mem_mb", 4000), "runtime": res.get("runtime", 30)}
+    """mem_mb and runtime (minutes) of a rule group (config resources, schema defaults)."""
+    res = JobResources.from_config(config, group)
+    return {"mem_mb": res.mem_mb, "runtime": res.runtime}
 
 
 def get_ingest_input(wildcards):
@@ -46,57 +57,30 @@ def get_ingest_input(wildcards):
     return {"source": str(source)} if source.exists() else {}
 
 
-def get_study_path(wildcards):
-    return STUDIES[wildcards.study].path
-
-
-def get_study_modality(wildcards):
-    return STUDIES[wildcards.study].modality or ""
+def get_ingest_study(wildcards):
+    """The study as ingest params: its source only (editing concepts re-runs segmentation)."""
+    return STUDIES[wildcards.study].source_only().to_params()
 
 
 def get_ingest_statuses(wildcards=None):
-    return [f"{OUT}/status/ingest/{sid}.json" for sid in STUDIES]
+    return [LAYOUT.status("ingest", sid) for sid in STUDIES]
 
 
 def get_final_outputs():
     """Targets of the default rule."""
-    return [f"{OUT}/reports/report.html"]
-
-
-SHARDS = shard_studies(list(STUDIES), config["shard_size"])
-
-
-wildcard_constraints:
-    shard="shard-[0-9]+",
+    return [LAYOUT.html_report()]
 
 
 def get_shard_ingest_statuses(wildcards):
-    return [f"{OUT}/status/ingest/{sid}.json" for sid in SHARDS[wildcards.shard]]
-
-
-def get_shard_studies(wildcards):
-    """The shard's cohort rows as plain dicts (params: a change re-runs only this shard)."""
     return [
-        {
-            "study_id": sid,
-            "path": STUDIES[sid].path,
-            "modality": STUDIES[sid].modality,
-            "concepts": list(STUDIES[sid].concepts),
-        }
-        for sid in SHARDS[wildcards.shard]
+        LAYOUT.status("ingest", s.study_id) for s in SHARDS[wildcards.shard].studies
     ]
 
 
+def get_shard(wildcards):
+    """The shard's cohort rows as params (a change re-runs only this shard)."""
+    return SHARDS[wildcards.shard].to_params()
+
+
 def get_segment_statuses(wildcards=None):
-    return [f"{OUT}/status/segment/{shard}.json" for shard in SHARDS]
-
-
-def segment_settings():
-    """The config keys segmentation depends on (a change to these re-runs the shards)."""
-    keys = ("outdir", "model", "export", "default_concepts", "report_paths")
-    return {key: config.get(key) for key in keys}
-
-
-def report_settings():
-    """The config keys the report job depends on."""
-    return {key: config.get(key) for key in ("outdir", "nsd_tolerance_mm", "dask")}
+    return [LAYOUT.status("segment", shard) for shard in SHARDS]

@@ -1,11 +1,11 @@
 rule demo_data:
     """Build the embedded demo cohort from package-shipped medical data (no download)."""
     input:
-        code=workflow.source_path("../../src/medsam3/demo.py"),  # rebuild when it changes
+        code=workflow.source_path("../../src/medsam3/pipeline/demo.py"),  # rebuild when it changes
     output:
         directory(str(DEMO_DATA)),
     log:
-        f"{OUT}/logs/demo_data.log",
+        LAYOUT.log("demo_data"),
     conda:
         "../../envs/medsam3.yaml"
     threads: 1

@@ -3,30 +3,29 @@ rule ingest_study:
     input:
         unpack(get_ingest_input),
     output:
-        status=f"{OUT}/status/ingest/{{study}}.json",
+        status=LAYOUT.status("ingest", "{study}"),
     log:
-        f"{OUT}/logs/ingest/{{study}}.log",
+        LAYOUT.log("ingest", "{study}"),
     conda:
         "../../envs/medsam3.yaml"
     threads: 1
     resources:
         **rule_resources("ingest"),
     params:
-        path=get_study_path,
-        modality=get_study_modality,
-        report_paths=config.get("report_paths", False),
+        study=get_ingest_study,
+        settings=INGEST_SETTINGS.to_params(),
     script:
         "../scripts/ingest_study.py"
 
 
 rule ingest_report:
-    """Write reports/failures.parquet from the ingest statuses (the full report rewrites it)."""
+    """Write reports/ingest_failures.parquet from the ingest statuses (the ingest target)."""
     input:
         get_ingest_statuses(),
     output:
-        done=touch(f"{OUT}/reports/ingest.done"),
+        failures=LAYOUT.ingest_failures(),
     log:
-        f"{OUT}/logs/ingest_report.log",
+        LAYOUT.log("ingest_report"),
     conda:
         "../../envs/medsam3.yaml"
     threads: 1
@@ -37,6 +36,6 @@ rule ingest_report:
 
 
 rule ingest:
-    """Target: stop after the Zarr stores and the ingest reports."""
+    """Target: stop after the Zarr stores and the ingest failures table."""
     input:
         rules.ingest_report.output,

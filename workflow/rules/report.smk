@@ -4,25 +4,25 @@ rule report:
         ingest=get_ingest_statuses(),
         segment=get_segment_statuses(),
     output:
-        studies=f"{OUT}/reports/studies.parquet",
-        segments=f"{OUT}/reports/segments.parquet",
-        metrics=f"{OUT}/reports/metrics.parquet",
-        failures=f"{OUT}/reports/failures.parquet",
-        provenance=f"{OUT}/reports/provenance.parquet",
+        studies=LAYOUT.table("studies"),
+        segments=LAYOUT.table("segments"),
+        metrics=LAYOUT.table("metrics"),
+        failures=LAYOUT.table("failures"),
+        provenance=LAYOUT.table("provenance"),
         html=report(
-            f"{OUT}/reports/report.html",
+            LAYOUT.html_report(),
             caption="../report/report.rst",
             category="Summary",
         ),
+        timing=LAYOUT.report_timing(),
     log:
-        f"{OUT}/logs/report.log",
+        LAYOUT.log("report"),
     conda:
         "../../envs/medsam3.yaml"
     threads: 2
     resources:
         **rule_resources("report"),
     params:
-        settings=report_settings(),
-        ground_truth=GROUND_TRUTH,
+        settings=REPORT_SETTINGS.to_params(),
     script:
         "../scripts/report.py"

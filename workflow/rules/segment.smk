@@ -3,17 +3,17 @@ rule segment_shard:
     input:
         get_shard_ingest_statuses,
     output:
-        status=f"{OUT}/status/segment/{{shard}}.json",
+        status=LAYOUT.status("segment", "{shard}"),
     log:
-        f"{OUT}/logs/segment/{{shard}}.log",
+        LAYOUT.log("segment", "{shard}"),
     conda:
         "../../envs/medsam3.yaml"
     threads: 2
     resources:
         **rule_resources("segment"),
-        gpu=config["resources"].get("segment", {}).get("gpu", 0),
+        gpu=JobResources.from_config(config, "segment").gpu,
     params:
-        studies=get_shard_studies,
-        settings=segment_settings(),
+        shard=get_shard,
+        settings=SEGMENT_SETTINGS.to_params(),
     script:
         "../scripts/segment_shard.py"

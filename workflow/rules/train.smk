@@ -1,30 +1,11 @@
-rule train_base:
-    """Stage 1 of the compact concept head on ../shared/data (resumable; not in `all`)."""
+rule train:
+    """Target: the compact concept head on ../shared/data, as shipped (resumable; not in `all`)."""
     input:
         config=workflow.source_path("../../configs/train_compact.yaml"),
     output:
-        head=f"{OUT}/train/compact_head_base.safetensors",
+        head=LAYOUT.trained_head("compact_head"),
     log:
-        f"{OUT}/logs/train_base.log",
-    conda:
-        "../../envs/medsam3.yaml"
-    threads: 2
-    resources:
-        mem_mb=16000,
-        runtime=240,
-    script:
-        "../scripts/train.py"
-
-
-rule train:
-    """Target: stage 2 (balanced sampling, atlas slices) from the stage-1 head; as shipped."""
-    input:
-        config=workflow.source_path("../../configs/train_compact_finetune.yaml"),
-        init=rules.train_base.output.head,
-    output:
-        head=f"{OUT}/train/compact_head.safetensors",
-    log:
-        f"{OUT}/logs/train.log",
+        LAYOUT.log("train"),
     conda:
         "../../envs/medsam3.yaml"
     threads: 2

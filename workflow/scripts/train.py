@@ -7,6 +7,4 @@ with job_logging(snakemake.log[0]):
     with open(snakemake.input.config) as fh:
         settings = yaml.safe_load(fh)
     settings["output"] = snakemake.output.head
-    if "init" in snakemake.input.keys():
-        settings["init_from"] = snakemake.input.init
     train(settings)

@@ -1,1 +1,1 @@
-"""Readers and writers: DICOM, SimpleITK formats, 2D images, video and Zarr stores."""
+"""Readers and writers: DICOM, SimpleITK formats, 2D images, video, Zarr stores and mask files."""

@@ -1,4 +1,4 @@
-"""Shared pieces of the readers: the ReadError type, message scrubbing and source digests."""
+"""Shared pieces of io: ReadError, identifier scrubbing, source digests and file-safe names."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ class ReadError(ValueError):
     """
 
 
-def scrub(text: object, limit: int = 160) -> str:
+def scrub_identifiers(text: object, limit: int = 160) -> str:
     """Make a library error message safe to show: no UIDs or dates, one short line.
 
     Args:
@@ -37,6 +37,15 @@ def scrub(text: object, limit: int = 160) -> str:
     msg = " ".join(str(text).split())
     msg = _DATE_RE.sub("<date>", _UID_RE.sub("<uid>", msg))
     return msg if len(msg) <= limit else msg[: limit - 3] + "..."
+
+
+def concept_slug(phrase: str) -> str:
+    """File-safe name of a concept: its label array in a Zarr store and its mask files.
+
+    Lower case, spaces as underscores, other unsafe characters dropped ("concept" if none left).
+    """
+    slug = "_".join(phrase.lower().split())
+    return "".join(ch for ch in slug if ch.isalnum() or ch in "_-") or "concept"
 
 
 def bytes_digest(data: bytes) -> str:

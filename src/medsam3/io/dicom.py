@@ -22,7 +22,7 @@ from PIL import Image
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-from medsam3.io.common import ReadError, bytes_digest, combine_digests, scrub
+from medsam3.io.common import ReadError, bytes_digest, combine_digests, scrub_identifiers
 from medsam3.io.dicom_geometry import (
     plane_from_single,
     planes_from_enhanced,
@@ -80,7 +80,8 @@ def load_dataset(path: Path, header_only: bool = False) -> tuple[Dataset, str]:
         ds = pydicom.dcmread(io.BytesIO(data), force=True)
     except Exception as exc:  # pydicom raises many types for damaged files
         raise ReadError(
-            f"{path}: not a readable DICOM file ({scrub(exc)}); re-export it or remove it"
+            f"{path}: not a readable DICOM file ({scrub_identifiers(exc)}); "
+            "re-export it or remove it"
         ) from exc
     meta_class = getattr(getattr(ds, "file_meta", None), "MediaStorageSOPClassUID", None)
     if "SOPClassUID" not in ds and "Rows" not in ds and meta_class is None:
@@ -177,8 +178,8 @@ def decode_pixels(ds: Dataset, where: Path | str, warnings: list[str]) -> np.nda
         syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
         name = getattr(syntax, "name", "unknown transfer syntax")
         raise ReadError(
-            f"{where}: cannot decode pixel data ({name}: {scrub(exc)}); the file may be "
-            "truncated or use a codec without a decoder (try `gdcmconv --raw`)"
+            f"{where}: cannot decode pixel data ({name}: {scrub_identifiers(exc)}); "
+            "the file may be truncated or use a codec without a decoder (try `gdcmconv --raw`)"
         ) from exc
     if ybr_full:
         arr = _ybr_to_rgb(arr)

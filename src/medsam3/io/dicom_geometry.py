@@ -202,6 +202,30 @@ def _check_planes(planes: list[Plane], where: str) -> tuple[np.ndarray, np.ndarr
     return iops[0], np.stack([p.pos for p in planes])
 
 
+def order_along_normal(
+    positions: np.ndarray, orientation: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The volume order of slices: ascending position along the slice normal.
+
+    This is the z order of SimpleITK's / GDCM's series reader and of medsam3's Zarr volumes,
+    and the one order used everywhere (reading a series, and DICOM-SEG export, whose frames
+    must meet the source slices they were segmented on).
+
+    Args:
+        positions: (n, 3) ImagePositionPatient of the slices (LPS mm), any order.
+        orientation: (6,) ImageOrientationPatient (row cosines, then column cosines).
+
+    Returns:
+        (order, depth, normal): indices that sort the slices (stable for equal depths), each
+        slice's depth along the normal in mm, and the unit normal (row x column cosines).
+    """
+    iop = np.asarray(orientation, float)
+    normal = np.cross(iop[:3], iop[3:])
+    normal /= np.linalg.norm(normal)
+    depth = np.asarray(positions, float) @ normal
+    return np.argsort(depth, kind="stable"), depth, normal
+
+
 def stack_planes(planes: list[Plane], where: str, thickness: float = 1.0) -> dict:
     """Order planes along the slice normal and compute SimpleITK geometry.
 
@@ -216,10 +240,7 @@ def stack_planes(planes: list[Plane], where: str, thickness: float = 1.0) -> dic
     """
     iop, pos = _check_planes(planes, where)
     row, col = iop[:3], iop[3:]
-    normal = np.cross(row, col)
-    normal /= np.linalg.norm(normal)
-    proj = pos @ normal
-    order = np.argsort(proj, kind="stable")
+    order, proj, normal = order_along_normal(pos, iop)
     gaps = np.diff(proj[order])
     warnings: list[str] = []
     if gaps.size and gaps.min() < 1e-3 * max(float(np.median(gaps)), 1e-3):

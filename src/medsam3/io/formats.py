@@ -13,7 +13,7 @@ import numpy as np
 import SimpleITK as sitk
 from PIL import Image, UnidentifiedImageError
 
-from medsam3.io.common import MAX_PIXELS_2D, ReadError, check_finite, scrub
+from medsam3.io.common import MAX_PIXELS_2D, ReadError, check_finite, scrub_identifiers
 from medsam3.io.image import MedImage
 
 SITK_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
@@ -45,7 +45,8 @@ def read_sitk(path: Path) -> MedImage:
         img = sitk.ReadImage(str(path))
     except RuntimeError as exc:
         raise ReadError(
-            f"{path}: SimpleITK cannot read it ({scrub(exc.args[0].splitlines()[-1])}); "
+            f"{path}: SimpleITK cannot read it "
+            f"({scrub_identifiers(exc.args[0].splitlines()[-1])}); "
             "check that the file is complete and its extension matches its format"
         ) from exc
     dim = img.GetDimension()
@@ -116,10 +117,10 @@ def read_2d(path: Path) -> MedImage:
     except ReadError:
         raise
     except Image.DecompressionBombError as exc:
-        raise ReadError(f"{path}: {scrub(exc)} {_TOO_LARGE}") from exc
+        raise ReadError(f"{path}: {scrub_identifiers(exc)} {_TOO_LARGE}") from exc
     except (UnidentifiedImageError, OSError, ValueError) as exc:
         raise ReadError(
-            f"{path}: not a readable image ({scrub(exc)}); re-save it as PNG or TIFF"
+            f"{path}: not a readable image ({scrub_identifiers(exc)}); re-save it as PNG or TIFF"
         ) from exc
     return MedImage(
         array=np.ascontiguousarray(array),

@@ -70,6 +70,51 @@ class MedImage:
         )
 
 
+@dataclass(frozen=True)
+class ImageInfo:
+    """A MedImage without its pixels: what a status record and the studies table keep of it.
+
+    Attributes are MedImage's (same conventions) with ``shape`` the array's full shape.
+    """
+
+    kind: Kind
+    shape: tuple[int, ...]
+    spacing: tuple[float, ...]
+    origin: tuple[float, ...]
+    direction: tuple[float, ...]
+    modality: str | None = None
+    frame_rate: float | None = None
+    units: str | None = None
+    source_digest: str = ""
+    warnings: tuple[str, ...] = ()
+
+    @classmethod
+    def of(cls, image: MedImage) -> ImageInfo:
+        """The description of ``image``."""
+        return cls(
+            kind=image.kind,
+            shape=tuple(int(n) for n in image.array.shape),
+            spacing=tuple(float(v) for v in image.spacing),
+            origin=tuple(float(v) for v in image.origin),
+            direction=tuple(float(v) for v in image.direction),
+            modality=image.modality,
+            frame_rate=image.frame_rate,
+            units=image.units,
+            source_digest=image.source_digest,
+            warnings=tuple(image.warnings),
+        )
+
+    @classmethod
+    def from_dict(cls, fields: dict) -> ImageInfo:
+        """Rebuild from ``dataclasses.asdict`` output read back from JSON (lists become tuples)."""
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()})
+
+    @property
+    def frame_count(self) -> int:
+        """Frames (video), slices (volume) or 1 (image)."""
+        return 1 if self.kind == "image" else int(self.shape[0])
+
+
 def same_space(a: MedImage, b: MedImage, atol: float = 1e-4) -> bool:
     """True when two images share spatial shape, spacing, origin and direction."""
     return (

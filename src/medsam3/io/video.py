@@ -15,7 +15,7 @@ import av
 import numpy as np
 from pydicom.dataset import Dataset
 
-from medsam3.io.common import ReadError, combine_digests, file_digest, scrub
+from medsam3.io.common import ReadError, combine_digests, file_digest, scrub_identifiers
 from medsam3.io.formats import read_2d
 from medsam3.io.image import MedImage
 
@@ -96,7 +96,8 @@ def read_video(path: Path) -> MedImage:
         raise
     except (av.error.FFmpegError, OSError, ValueError) as exc:
         raise ReadError(
-            f"{path}: not a readable video ({scrub(exc)}); check the file is complete, or "
+            f"{path}: not a readable video ({scrub_identifiers(exc)}); "
+            "check the file is complete, or "
             "re-encode it with `ffmpeg -i IN -c:v libx264 OUT.mp4`"
         ) from exc
     if not frames:

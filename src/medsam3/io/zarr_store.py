@@ -25,7 +25,7 @@ import numpy as np
 import zarr
 from zarr.codecs import BloscCodec, BloscShuffle
 
-from medsam3 import __version__
+from medsam3._version import __version__
 from medsam3.io.common import ReadError
 from medsam3.io.image import MedImage
 from medsam3.types import PathLikeStr

@@ -6,6 +6,10 @@ from collections.abc import Callable
 
 from medsam3.models.base import Segmenter
 
+# The backends are imported when one is built, not here: ``import medsam3`` (and so every
+# ingest job, the Snakefile and ``medsam3 discover``) would otherwise import torch (7 s on the
+# 2-core CI machine) and, for sam3, transformers.
+
 
 def _build_compact(checkpoint: str | None = None, **kwargs) -> Segmenter:
     from medsam3.models.compact import build_compact
@@ -40,7 +44,7 @@ def resolve_device(backend: str, device: str | None = "auto") -> str:
     """
     if device not in (None, "", "auto"):
         return device
-    import torch
+    import torch  # see the note on backend imports above
 
     return "cuda" if "cuda" in DEVICES.get(backend, ()) and torch.cuda.is_available() else "cpu"
 

@@ -13,11 +13,10 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
-import tempfile
 from functools import lru_cache
 from pathlib import Path
 
+from medsam3.io.atomic import write_text_atomic
 from medsam3.models.feature_cache import cache_dir
 
 NUM_MERGES = 49152 - 256 - 2  # CLIP uses the first 48894 merges of the 16e6 vocabulary file
@@ -25,6 +24,8 @@ VOCAB_SIZE = 49408
 BOS_TOKEN = "<|startoftext|>"
 EOS_TOKEN = "<|endoftext|>"
 CACHE_SUBDIR = "clip_bpe_16e6"
+# open_clip and transformers are imported when a tokenizer is built, not by this module's
+# importers (sam3_checkpoint): open_clip alone takes 0.35 s.
 
 
 def open_clip_bpe_path() -> Path:
@@ -79,14 +80,6 @@ def derive_vocab(bpe_path: Path) -> tuple[dict[str, int], list[str]]:
     return vocab, merges
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    """Write text to path via a temporary file + rename, so parallel writers never clash."""
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, encoding="utf-8") as f:
-        f.write(text)
-        tmp = f.name
-    os.replace(tmp, path)
-
-
 def clip_vocab_files(directory: Path | None = None) -> Path:
     """Write (once) ``vocab.json`` and ``merges.txt`` derived from open_clip's BPE file.
 
@@ -101,8 +94,8 @@ def clip_vocab_files(directory: Path | None = None) -> Path:
         return out
     out.mkdir(parents=True, exist_ok=True)
     vocab, merges = derive_vocab(open_clip_bpe_path())
-    _atomic_write(out / "vocab.json", json.dumps(vocab, ensure_ascii=False))
-    _atomic_write(out / "merges.txt", "#version: 0.2\n" + "\n".join(merges) + "\n")
+    write_text_atomic(out / "vocab.json", json.dumps(vocab, ensure_ascii=False))
+    write_text_atomic(out / "merges.txt", "#version: 0.2\n" + "\n".join(merges) + "\n")
     return out
 
 

@@ -22,17 +22,17 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from scipy import ndimage
 
-from medsam3.concepts import lateral_pair, nearest, parent_of, resolve, tiles_of
 from medsam3.models.base import ConceptResult, Instance, Segmenter
 from medsam3.models.concept_head import ConceptHead, HeadConfig
+from medsam3.models.concepts import lateral_pair, nearest, parent_of, resolve, tiles_of
 from medsam3.models.feature_cache import encode_cached
 from medsam3.models.inputs import InputError, check_array, check_concepts, infer_kind
 from medsam3.models.litemedsam import LiteMedSAM, Prepared, logits_to_original, prepare_image
 from medsam3.models.modality import ModalityGuess, ModalityHead, modality_features
 from medsam3.models.phrases import canonical, condition
+from medsam3.models.preprocess import group_by_ct_window, to_uint8_rgb
+from medsam3.models.propagate import segment_compact_stack
 from medsam3.models.text_encoder import shared_text_encoder
-from medsam3.preprocess import ct_window_for, to_uint8_rgb
-from medsam3.propagate import segment_stack
 
 TILE_SIDE = 0.6  # thin-structure tiles: share of the image side (2 x 2 tiles overlap by 0.2)
 
@@ -269,7 +269,7 @@ class CompactSegmenter(Segmenter):
         the mask of X shows one organ on each side of its midline, the result is (own mask |
         X mask) on the phrase's side of that midline, in radiological orientation (patient's
         left on the image's right, as in the training images and in volumes segmented in
-        display order, medsam3.orientation).
+        display order, medsam3.models.orientation).
         Otherwise (one organ in view, X not found) the own mask is kept.
         """
         pair = lateral_pair(phrase)
@@ -346,9 +346,7 @@ class CompactSegmenter(Segmenter):
             [((y, x, 3) uint8 plane, phrases)].
         """
         if (modality or "").lower() == "ct" and plane.dtype != np.uint8 and plane.ndim == 2:
-            groups: dict[tuple, list[str]] = {}
-            for p in phrases:
-                groups.setdefault(ct_window_for(p), []).append(p)
+            groups = group_by_ct_window(phrases, modality)
             return [(to_uint8_rgb(plane, "ct", ps[0]), ps) for ps in groups.values()]
         if plane.dtype == np.uint8:
             return [(to_uint8_rgb(plane), phrases)]
@@ -405,7 +403,7 @@ class CompactSegmenter(Segmenter):
         """See :meth:`medsam3.models.base.Segmenter.segment`.
 
         Volumes and videos are segmented slice by slice / frame by frame with propagation
-        (:mod:`medsam3.propagate`); box/point prompts apply to 2D images.
+        (:mod:`medsam3.models.propagate`); box/point prompts apply to 2D images.
         """
         given = check_concepts(concepts)
         names = {p: canonical(p) or p for p in given}
@@ -420,7 +418,7 @@ class CompactSegmenter(Segmenter):
             results = self.segment_plane(data, phrases, modality, boxes, points)
             results = self._add_tiles(data, results, modality, set(boxes) | set(points))
         else:
-            results = segment_stack(self, data, phrases, kind, modality)
+            results = segment_compact_stack(self, data, phrases, kind, modality)
         return {p: _as_given(results[names[p]], p) for p in given}
 
     def _add_tiles(self, image, results, modality, prompted: set) -> dict[str, ConceptResult]:

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from medsam3.io.atomic import atomic_path
 from medsam3.models.litemedsam import LiteMedSAM, Prepared
 
 
@@ -44,8 +45,6 @@ def encode_cached(sam: LiteMedSAM, prep: Prepared) -> dict[str, torch.Tensor]:
     frame = (prep.tensor[0] * 255).round().to(torch.uint8)
     geom = torch.tensor([*prep.original, *prep.resized], dtype=torch.int64)
     entry = {"embedding": emb.contiguous(), "frame": frame.contiguous(), "geometry": geom}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    save_file(entry, str(tmp))
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        save_file(entry, str(tmp))
     return entry

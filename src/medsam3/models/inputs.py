@@ -97,9 +97,3 @@ def check_concepts(concepts: list[str] | str) -> list[str]:
     if not out:
         raise InputError("no concepts given; pass at least one phrase, e.g. concepts=['liver']")
     return out
-
-
-def concept_slug(phrase: str) -> str:
-    """File-safe slug: lower case, spaces as underscores, other unsafe characters dropped."""
-    slug = "_".join(phrase.lower().split())
-    return "".join(ch for ch in slug if ch.isalnum() or ch in "_-") or "concept"

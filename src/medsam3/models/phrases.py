@@ -18,7 +18,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from medsam3.concepts import _lookup, _norm, parent_of, resolve
+from medsam3.models.concepts import _lookup, _norm, parent_of, resolve
 from medsam3.models.text_encoder import TextEncoder, shared_text_encoder
 
 log = logging.getLogger("medsam3.phrases")

@@ -20,17 +20,18 @@ from transformers.utils import is_kernels_available
 
 from medsam3.models.base import ConceptResult, Instance, Segmenter, mask_box
 from medsam3.models.inputs import InputError, check_array, check_concepts, infer_kind
+from medsam3.models.preprocess import group_by_ct_window, to_uint8_rgb
 from medsam3.models.sam3_checkpoint import (
     apply_lora,
     check_checkpoint_dir,
     check_lora_dir,
     fingerprint,
-    load_model,
     load_processor,
+    load_sam3_modules,
     random_video_model,
     weight_files,
 )
-from medsam3.preprocess import ct_window_for, to_uint8_rgb
+from medsam3.models.sam3_video import segment_sam3_stack
 from medsam3.types import Kind
 
 log = logging.getLogger(__name__)
@@ -52,19 +53,6 @@ class Detections:
     scores: np.ndarray
     boxes: np.ndarray
     masks: np.ndarray
-
-
-def plane_key(modality: str | None, concept: str) -> tuple[float, float] | None:
-    """Pre-processing group of a concept: its CT window for CT, else None (one group)."""
-    return ct_window_for(concept) if (modality or "").lower() == "ct" else None
-
-
-def group_concepts(concepts: list[str], modality: str | None) -> dict:
-    """Concepts that share one pre-processed image (same CT window), in input order."""
-    groups: dict = {}
-    for concept in concepts:
-        groups.setdefault(plane_key(modality, concept), []).append(concept)
-    return groups
 
 
 class Sam3Segmenter(Segmenter):
@@ -135,7 +123,7 @@ class Sam3Segmenter(Segmenter):
         Args:
             array: (y, x[, c]) image, (z, y, x) volume or (t, y, x[, c]) video.
             concepts: phrases; each is a SAM 3 text prompt.
-            modality: "ct" (HU windows per concept), "mri", ... (see medsam3.preprocess).
+            modality: "ct" (HU windows per concept), "mri", ... (see medsam3.models.preprocess).
             spacing: unused by SAM 3 (kept for the interface).
             boxes: per-concept (x0, y0, x1, y1) pixel box prompts; 2D images only.
             points: not supported by SAM 3's concept detector; must be empty.
@@ -163,9 +151,7 @@ class Sam3Segmenter(Segmenter):
                     )
         if kind == "image":
             return self._segment_image(array, concepts, modality, boxes)
-        from medsam3.models.sam3_video import segment_stack
-
-        return segment_stack(self, array, concepts, modality, kind)
+        return segment_sam3_stack(self, array, concepts, modality, kind)
 
     # ----------------------------------------------------------------- building blocks
     @torch.inference_mode()
@@ -273,7 +259,7 @@ class Sam3Segmenter(Segmenter):
         """Encode once per pre-processing group, decode every concept on the shared features."""
         size = image.shape[:2]
         results: dict[str, ConceptResult] = {}
-        for key, group in group_concepts(concepts, modality).items():
+        for key, group in group_by_ct_window(concepts, modality).items():
             t0 = time.perf_counter()
             vision = self.encode([to_uint8_rgb(image, modality, group[0])])
             t1 = time.perf_counter()
@@ -346,7 +332,7 @@ def build_sam3(
     """
     folder, config = check_checkpoint_dir(checkpoint)
     lora_dir = check_lora_dir(lora) if lora is not None else None
-    detector, video = load_model(folder, config, dtype=dtype, load_tracker=load_tracker)
+    detector, video = load_sam3_modules(folder, config, dtype=dtype, load_tracker=load_tracker)
     files = [folder / "config.json", *weight_files(folder)]
     if lora_dir is not None:
         detector, video = apply_lora(detector, video, lora_dir)

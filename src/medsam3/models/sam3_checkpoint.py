@@ -14,7 +14,11 @@ from pathlib import Path
 
 import torch
 
+from medsam3.models.clip_tokenizer import offline_clip_tokenizer
+
 log = logging.getLogger(__name__)
+# transformers' Sam3 classes (2.4 s to import) and peft are imported by the functions that
+# build models, so that validating a checkpoint folder stays quick.
 
 MODEL_TYPES = ("sam3", "sam3_video")
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
@@ -166,8 +170,6 @@ def load_processor(folder: Path | None, image_size: int):
     """
     from transformers import CLIPTokenizer, Sam3ImageProcessor, Sam3Processor
 
-    from medsam3.models.clip_tokenizer import offline_clip_tokenizer
-
     has = (lambda *names: all((folder / n).is_file() for n in names)) if folder else None
     if folder and (has("processor_config.json") or has("preprocessor_config.json")):
         image_processor = Sam3ImageProcessor.from_pretrained(folder, local_files_only=True)
@@ -252,7 +254,7 @@ def random_video_model(scale: str = "tiny", seed: int = 0):
     return Sam3VideoModel(config).eval()
 
 
-def load_model(folder: Path, config: dict, dtype=None, load_tracker: bool = True):
+def load_sam3_modules(folder: Path, config: dict, dtype=None, load_tracker: bool = True):
     """Load Sam3Model, or Sam3VideoModel for 'sam3_video' checkpoints, from safetensors only.
 
     Args:

@@ -15,19 +15,24 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from scipy import ndimage
 
 from medsam3.models.base import ConceptResult, Instance, mask_box
-from medsam3.models.sam3 import Sam3Segmenter, group_concepts
-from medsam3.preprocess import to_uint8_rgb, volume_intensity_range
+from medsam3.models.preprocess import group_by_ct_window, to_uint8_rgb, volume_intensity_range
+
+if TYPE_CHECKING:  # annotations only: sam3.py imports this module to segment stacks
+    from medsam3.models.sam3 import Sam3Segmenter
 
 log = logging.getLogger(__name__)
+# transformers' video classes are imported where a video session starts (2.4 s to import the
+# Sam3 classes); per-slice mode never needs them.
 
 
-def segment_stack(
+def segment_sam3_stack(
     seg: Sam3Segmenter, array: np.ndarray, concepts: list[str], modality: str | None, kind: str
 ) -> dict[str, ConceptResult]:
     """Segment concepts in a volume or video with the segmenter's volume mode.
@@ -51,7 +56,7 @@ def segment_stack(
     if mode == "propagate" and seg.video_model is None:
         mode, note = "per_slice", "checkpoint has no tracker (model_type sam3); ran per_slice"
     results: dict[str, ConceptResult] = {}
-    for key, group in group_concepts(concepts, modality).items():
+    for key, group in group_by_ct_window(concepts, modality).items():
         t0 = time.perf_counter()
         planes = [to_uint8_rgb(p, modality, group[0], intensity_range) for p in array]
         if mode == "per_slice":

@@ -57,28 +57,6 @@ class TextEncoder:
                     self._cache[k] = v.astype(np.float32)
             return np.stack([self._cache[k] for k in keys]) if keys else np.zeros((0, EMBED_DIM))
 
-    def condition(self, phrases: list[str]) -> np.ndarray:
-        """Head conditioning vectors: the phrase embedding, averaged with its vocabulary parent's.
-
-        A phrase with a parent in the vocabulary ("posterior hippocampus" -> "hippocampus") gets
-        the normalised mean of both embeddings; every other phrase gets its own embedding.
-
-        Args:
-            phrases: n phrases.
-
-        Returns:
-            (n, 384) float32, unit L2 norm per row.
-        """
-        from medsam3.concepts import parent_of
-
-        own = self.encode(phrases)
-        parents = [parent_of(p) for p in phrases]
-        if not any(parents):
-            return own
-        other = self.encode([q or p for p, q in zip(phrases, parents, strict=True)])
-        mixed = own + other
-        return (mixed / np.linalg.norm(mixed, axis=1, keepdims=True)).astype(np.float32)
-
 
 _SHARED: TextEncoder | None = None
 

@@ -19,10 +19,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from medsam3.concepts import load_vocabulary
+from medsam3.models.concepts import load_vocabulary
 from medsam3.models.litemedsam import IMAGE_SIZE
-from medsam3.orientation import display_order
-from medsam3.preprocess import to_uint8_rgb, volume_intensity_range
+from medsam3.models.orientation import display_order
+from medsam3.models.preprocess import to_uint8_rgb, volume_intensity_range
 
 
 @dataclass

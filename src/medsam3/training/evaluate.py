@@ -27,10 +27,11 @@ from PIL import Image
 from scipy import ndimage
 from tqdm import tqdm
 
-from medsam3.concepts import get_concept
 from medsam3.io.image import MedImage
 from medsam3.io.read import read_source
-from medsam3.orientation import segment_in_display_order
+from medsam3.models.compact import build_compact
+from medsam3.models.concepts import get_concept
+from medsam3.models.orientation import segment_in_display_order
 from medsam3.training.data import (
     build_samples,
     easy_negatives,
@@ -225,8 +226,6 @@ def main(argv: list[str] | None = None) -> None:
         argv: command-line arguments (see --help).
     """
     import torch
-
-    from medsam3.models.compact import build_compact
 
     ap = argparse.ArgumentParser(prog="medsam3 evaluate", description=__doc__.splitlines()[0])
     ap.add_argument("--data", default="../shared/data", help="shared data folder")

@@ -20,9 +20,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from medsam3.models.compact import CompactSegmenter
 from medsam3.models.concept_head import ConceptHead
+from medsam3.models.litemedsam import logits_to_original
 from medsam3.models.modality import ModalityHead, modality_features
 from medsam3.training.head_file import save_head
+from medsam3.training.scores import dice
 from medsam3.training.validate import matthews, presence_logits
 
 MIN_CALIBRATION_ROWS = 30  # fewer val presence rows: the modality uses the default calibration
@@ -114,9 +117,6 @@ def _platt(z, y, prior: tuple[float, float], strength: float) -> list[float]:
 
 def refinement_choice(model, samples) -> tuple[list[str], dict]:
     """Concepts whose dense val mask beats the decoder-refined one (mean Dice over val)."""
-    from medsam3.models.litemedsam import logits_to_original
-    from medsam3.training.scores import dice
-
     saved, model.no_refine = model.no_refine, set()
     scores: dict[str, list] = defaultdict(list)
     for s in samples:
@@ -153,8 +153,6 @@ def finish(output: Path, head: ConceptHead, train: dict, val: dict, phrases, eas
     Returns:
         The facts written into the head JSON.
     """
-    from medsam3.models.compact import CompactSegmenter
-
     modality, modality_report = fit_modality_head(train, val)
     facts = fit_calibration(head, val, phrases, easy) | {"modality_val": modality_report}
     model = CompactSegmenter(

@@ -8,8 +8,8 @@ from pathlib import Path
 
 from safetensors.torch import save_file
 
-from medsam3.concepts import load_vocabulary
 from medsam3.models.concept_head import ConceptHead
+from medsam3.models.concepts import load_vocabulary
 
 
 def save_head(head: ConceptHead, path: Path, extra: dict, more: dict | None = None) -> Path:

@@ -6,7 +6,7 @@ import random
 
 import torch
 
-from medsam3.concepts import load_vocabulary
+from medsam3.models.concepts import load_vocabulary
 from medsam3.models.phrases import condition
 from medsam3.models.text_encoder import shared_text_encoder
 

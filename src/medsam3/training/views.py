@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from safetensors.torch import load_file
+from tqdm import tqdm
 
 from medsam3.models.feature_cache import encode_cached, feature_path
 from medsam3.models.litemedsam import LiteMedSAM, prepare_image
@@ -109,8 +110,6 @@ def encode_views(views: list[View], sam: LiteMedSAM, index_path: Path) -> dict:
     Returns:
         The index.
     """
-    from tqdm import tqdm
-
     index = json.loads(index_path.read_text(encoding="utf-8")) if index_path.is_file() else {}
     index_path.parent.mkdir(parents=True, exist_ok=True)
     todo = [v for v in views if not _cached(index.get(v.key), v)]

@@ -8,11 +8,13 @@ from pathlib import Path
 
 import numpy as np
 
-from medsam3.concepts import log_unknown_phrases
+from medsam3.io.atomic import write_text_atomic
 from medsam3.io.image import MedImage
+from medsam3.io.masks import write_concept_masks
+from medsam3.io.read import read_source
 from medsam3.models.base import ConceptResult, Segmenter
-from medsam3.models.inputs import concept_slug
-from medsam3.orientation import segment_in_display_order
+from medsam3.models.concepts import log_unknown_phrases
+from medsam3.models.orientation import segment_in_display_order
 
 log = logging.getLogger("medsam3.segment")
 
@@ -39,8 +41,6 @@ def segment_file(
     Returns:
         The summary: per concept presence, instance count, pixels, area_mm2 or volume_ml, file.
     """
-    from medsam3.io.read import read_source
-
     image = read_source(input_path, modality=modality)
     log_unknown_phrases(concepts)
     results = segment_in_display_order(model, image, concepts)
@@ -53,26 +53,19 @@ def segment_file(
         "checkpoint_digest": model.checkpoint_digest,
         "concepts": {c: _write_concept(r, image, outdir) for c, r in results.items()},
     }
-    (outdir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    write_text_atomic(outdir / "summary.json", json.dumps(summary, indent=2) + "\n")
     return summary
 
 
 def _write_concept(result: ConceptResult, image: MedImage, outdir: Path) -> dict:
-    from medsam3.export import export_nifti, export_png, export_video_masks
-
-    slug = concept_slug(result.concept)
+    """Write one concept's mask (PNG, NIfTI or video frames) and return its summary entry."""
     mask = np.asarray(result.mask, dtype=np.uint8)
-    if image.kind == "image":
-        path = export_png(mask, outdir / f"{slug}.png")
-    elif image.kind == "volume":
-        path = export_nifti(mask, image, outdir / f"{slug}.nii.gz")
-    else:
-        path = export_video_masks(mask, image, outdir / slug, fmt="png")
+    written = write_concept_masks(mask, image, result.concept, outdir, formats=("nifti", "png"))
     entry = {
         "presence": round(float(result.presence), 4),
         "instances": len(result.instances),
         "pixels": int(mask.astype(bool).sum()),
-        "file": Path(path).name,
+        "file": written[0].relative_to(outdir).parts[0],  # a video's frames: their folder
         "nearest_known": result.nearest_known,
     }
     entry.update(_physical_size(mask, image))

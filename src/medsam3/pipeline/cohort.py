@@ -1,11 +1,17 @@
-"""Cohort tables: loading, validation, study-id derivation and per-study concept lists."""
+"""Cohort tables: loading, validation, study ids, shards and per-study concept lists.
+
+A :class:`Study` (one validated row) and a :class:`Shard` (the studies one segment job takes)
+cross the Snakemake boundary as rule params through ``to_params()`` / ``from_params()``.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -53,6 +59,72 @@ class Study:
     path: str
     modality: str | None
     concepts: tuple[str, ...]
+
+    def to_params(self) -> dict[str, Any]:
+        """Plain values for a rule's params (concepts as a list)."""
+        return {
+            "study_id": self.study_id,
+            "path": self.path,
+            "modality": self.modality,
+            "concepts": list(self.concepts),
+        }
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any]) -> Study:
+        """Rebuild from :meth:`to_params` output."""
+        return cls(
+            params["study_id"], params["path"], params["modality"], tuple(params["concepts"])
+        )
+
+    def source_only(self) -> Study:
+        """The study without its concepts: what ingest depends on.
+
+        The ingest rule's params hold this, so that editing a study's concepts re-runs its
+        segmentation shard but not its ingest (which would rewrite the store and drop its masks).
+        """
+        return replace(self, concepts=())
+
+
+@dataclass(frozen=True)
+class Shard:
+    """The studies one segment job segments with one model load.
+
+    Attributes:
+        name: ``shard-0000``, ``shard-0001``, ... in cohort-table order.
+        studies: its cohort rows, in table order.
+    """
+
+    name: str
+    studies: tuple[Study, ...]
+
+    def to_params(self) -> dict[str, Any]:
+        """Plain values for a rule's params."""
+        return {"name": self.name, "studies": [s.to_params() for s in self.studies]}
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any]) -> Shard:
+        """Rebuild from :meth:`to_params` output."""
+        return cls(params["name"], tuple(Study.from_params(s) for s in params["studies"]))
+
+
+def shard_studies(studies: Sequence[Study], shard_size: int) -> dict[str, Shard]:
+    """Deterministic shards in cohort-table order: ``shard-0000`` holds the first K studies.
+
+    Appending rows to a cohort only adds shards or fills the last one, so earlier shards keep
+    their members and are not recomputed.
+
+    Args:
+        studies: the cohort in table order.
+        shard_size: studies per shard (config ``shard_size``).
+
+    Returns:
+        Shard name -> Shard, in order.
+    """
+    shards = {}
+    for i in range(0, len(studies), shard_size):
+        name = f"shard-{i // shard_size:04d}"
+        shards[name] = Shard(name, tuple(studies[i : i + shard_size]))
+    return shards
 
 
 def read_table(path: str | Path) -> pd.DataFrame:

@@ -14,9 +14,10 @@ below ``stop_threshold`` or the propagated mask vanishes or jumps in size.
 from __future__ import annotations
 
 import numpy as np
+from scipy import ndimage
 
 from medsam3.models.base import ConceptResult, Instance
-from medsam3.preprocess import volume_intensity_range
+from medsam3.models.preprocess import volume_intensity_range
 from medsam3.types import Kind
 
 
@@ -81,8 +82,6 @@ def hysteresis(presence: np.ndarray, high: float, low: float) -> np.ndarray:
     Returns:
         (n,) bool.
     """
-    from scipy import ndimage
-
     runs, _ = ndimage.label(presence >= low)
     seeded = np.unique(runs[presence >= high])
     return np.isin(runs, seeded[seeded > 0])
@@ -96,7 +95,7 @@ def _planes(stack: np.ndarray, kind: Kind, modality: str | None):
     return [stack[i] for i in range(stack.shape[0])], rng
 
 
-def segment_stack(
+def segment_compact_stack(
     model,
     stack: np.ndarray,
     phrases: list[str],
@@ -178,8 +177,6 @@ def instances_3d(
     Returns:
         Instances with (z, y, x) bool masks and (x0, y0, z0, x1, y1, z1) boxes (end exclusive).
     """
-    from scipy import ndimage
-
     labels, n = ndimage.label(volume > 0)
     if n == 0:
         return []

@@ -1,4 +1,8 @@
-"""Mask export: NIfTI (source geometry), PNG, per-frame video masks and DICOM-SEG.
+"""Mask files: NIfTI (source geometry), PNG, per-frame video masks and DICOM-SEG.
+
+:func:`write_concept_masks` is the one writer of a concept's mask files, used by the pipeline
+(``{outdir}/masks/{study_id}/``) and by ``medsam3 segment``; the functions below it write one
+format each.
 
 All writers are atomic: they write a temporary sibling file (same suffixes, so ``.nii.gz`` stays
 gzip NIfTI) and ``os.replace`` it onto the target, so a crash never leaves a partial file.
@@ -11,14 +15,25 @@ Value conventions:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import pydicom
 import SimpleITK as sitk
+from PIL import Image
+from pydicom.sr.codedict import codes
 
+from medsam3._version import __version__
 from medsam3.io.atomic import atomic_path
+from medsam3.io.common import concept_slug
+from medsam3.io.dicom import is_dicom_file
+from medsam3.io.dicom_geometry import order_along_normal
 from medsam3.io.image import MedImage
+from medsam3.io.read import read_dcmlist
 from medsam3.types import PathLikeStr
+
+MASK_FORMATS = ("nifti", "png", "dicom-seg")
 
 _ABNORMAL = {"Neoplasm", "Tumor", "Lesion", "Nodule", "Mass", "Cyst", "Polyp", "Calculus"}
 
@@ -74,8 +89,6 @@ def export_png(mask2d: np.ndarray, path: PathLikeStr, binary: bool | None = None
     Returns:
         The destination path.
     """
-    from PIL import Image
-
     mask2d = np.asarray(mask2d)
     if mask2d.ndim != 2:
         raise ValueError(f"{path}: export_png needs a (y, x) mask, got shape {mask2d.shape}")
@@ -136,8 +149,6 @@ def concept_codes(concept: str):
     Returns:
         (category, type) as ``pydicom.sr.coding.Code``.
     """
-    from pydicom.sr.codedict import codes
-
     words = [w for w in concept.replace("-", " ").replace("_", " ").split() if w.isalpha()]
     for name in ("".join(w.capitalize() for w in words), words[-1].capitalize() if words else ""):
         try:
@@ -152,18 +163,14 @@ def concept_codes(concept: str):
 
 
 def sort_along_normal(datasets: list) -> list:
-    """Sort single-frame slices by position along the slice normal (ascending).
-
-    This is the order of SimpleITK's / GDCM's series reader and of medsam3's Zarr volumes:
-    ``z`` index k of the volume is the k-th slice by ``dot(ImagePositionPatient, normal)`` with
-    ``normal = row_cosines x column_cosines`` from ImageOrientationPatient.
+    """Sort single-frame slices into volume (z) order, as the series reader orders them.
 
     Args:
         datasets: pydicom datasets of one series with ImagePositionPatient and
             ImageOrientationPatient.
 
     Returns:
-        The datasets in volume (z) order.
+        The datasets in volume order (:func:`medsam3.io.dicom_geometry.order_along_normal`).
     """
     for ds in datasets:
         if "ImagePositionPatient" not in ds or "ImageOrientationPatient" not in ds:
@@ -171,18 +178,13 @@ def sort_along_normal(datasets: list) -> list:
                 "a source slice lacks ImagePositionPatient/ImageOrientationPatient; "
                 "DICOM-SEG export needs positioned single-frame slices"
             )
-    iop = np.array(datasets[0].ImageOrientationPatient, dtype=float)
-    normal = np.cross(iop[:3], iop[3:])
-    return sorted(
-        datasets,
-        key=lambda ds: float(np.dot(normal, np.array(ds.ImagePositionPatient, dtype=float))),
-    )
+    positions = np.array([ds.ImagePositionPatient for ds in datasets], dtype=float)
+    order, _, _ = order_along_normal(positions, np.array(datasets[0].ImageOrientationPatient))
+    return [datasets[k] for k in order]
 
 
 def _read_sources(source_files: list[Path], mask_shape: tuple[int, ...]) -> list:
     """Read the source series, check it matches the mask and return it in volume order."""
-    import pydicom
-
     datasets = [pydicom.dcmread(str(p)) for p in source_files]
     if any(int(ds.get("NumberOfFrames", 1) or 1) > 1 for ds in datasets):
         raise ValueError(
@@ -229,8 +231,7 @@ def export_dicom_seg(
     Returns:
         The destination path.
     """
-    import highdicom as hd
-    from pydicom.sr.codedict import codes
+    import highdicom as hd  # 0.8 s to import, and only DICOM-SEG export needs it
 
     mask = np.asarray(mask)
     if mask.ndim != 3:
@@ -268,3 +269,65 @@ def export_dicom_seg(
     with atomic_path(path) as tmp:
         seg.save_as(tmp)
     return Path(path)
+
+
+def dicom_source_files(source: PathLikeStr) -> list[Path]:
+    """The DICOM files of a study's source, for DICOM-SEG references.
+
+    Args:
+        source: the cohort path: a ``.dcmlist``, a series folder or one DICOM file.
+
+    Returns:
+        The DICOM files (sorted paths for a folder); [] when the source is not DICOM.
+    """
+    source = Path(source)
+    if source.suffix == ".dcmlist":
+        return read_dcmlist(source)
+    if source.is_dir():
+        return sorted(p for p in source.rglob("*") if p.is_file() and is_dicom_file(p))
+    return [source] if is_dicom_file(source) else []
+
+
+def write_concept_masks(
+    label: np.ndarray,
+    image: MedImage,
+    concept: str,
+    folder: PathLikeStr,
+    formats: Sequence[str] = ("nifti", "png"),
+    source: PathLikeStr | None = None,
+    algorithm: str = "medsam3",
+) -> list[Path]:
+    """Write one concept's mask in each requested format that fits the image's kind.
+
+    Files, with ``slug = concept_slug(concept)``: 2D images ``slug.png`` ("png"); volumes
+    ``slug.nii.gz`` with the source geometry ("nifti") and ``slug.dcm`` ("dicom-seg", when
+    ``source`` is a DICOM series); videos ``slug/frame_0000.png ...`` ("png"), or
+    ``slug/mask.nii.gz`` when only "nifti" is asked for.
+
+    Args:
+        label: uint8 mask on the image grid ((y, x), (z, y, x) or (t, y, x)), 0/1 or instance ids.
+        image: the segmented image (geometry source).
+        concept: the concept phrase (file names, DICOM-SEG segment label).
+        folder: destination folder (created).
+        formats: any of ``MASK_FORMATS``.
+        source: the study's source path (DICOM-SEG references its files).
+        algorithm: algorithm name recorded in DICOM-SEG.
+
+    Returns:
+        The written files, in the order above (video frames in order).
+    """
+    base, slug = Path(folder), concept_slug(concept)
+    written: list[Path] = []
+    if image.kind == "image" and "png" in formats:
+        written.append(export_png(label, base / f"{slug}.png"))
+    if image.kind == "volume" and "nifti" in formats:
+        written.append(export_nifti(label, image, base / f"{slug}.nii.gz"))
+    if image.kind == "video" and ("png" in formats or "nifti" in formats):
+        fmt = "png" if "png" in formats else "nifti"
+        written += export_video_masks(label, image, base / slug, fmt=fmt)
+    if image.kind == "volume" and "dicom-seg" in formats and source is not None:
+        sources = dicom_source_files(source)
+        if sources:
+            path, binary = base / f"{slug}.dcm", label > 0
+            written.append(export_dicom_seg(binary, sources, concept, path, algorithm, __version__))
+    return written

@@ -15,9 +15,12 @@ import csv
 import shutil
 from pathlib import Path
 
+import av
+import data_store  # the pydicom-data package
 import numpy as np
 import pydicom
 import SimpleITK as sitk
+from nilearn import datasets
 from PIL import Image
 
 from medsam3.io.dicom import decode_pixels
@@ -47,15 +50,11 @@ GROUND_TRUTH = [  # study_id, concept, mask (relative to the table), label_value
 
 
 def _pydicom_data_file(name: str) -> Path:
-    import data_store  # the pydicom-data package
-
     return Path(data_store.__file__).parent / "data" / name
 
 
 def _mni152() -> tuple[sitk.Image, sitk.Image]:
     """MNI152 T1 and brain mask (2 mm), cropped to DEMO_SLICES axial slices, as SimpleITK images."""
-    from nilearn import datasets
-
     t1 = datasets.load_mni152_template(resolution=2)
     mask = datasets.load_mni152_brain_mask(resolution=2)
     z0 = t1.shape[2] // 2 - DEMO_SLICES
@@ -120,8 +119,6 @@ def write_dicom_series(image: sitk.Image, folder: Path, modality: str = "MR") ->
 
 def _write_echo(data_dir: Path) -> None:
     """Echo cine: DEMO_FRAMES frames as an uncompressed multi-frame US DICOM and as an MP4."""
-    import av
-
     src = pydicom.dcmread(_pydicom_data_file("color3d_jpeg_baseline.dcm"))
     frames = np.ascontiguousarray(src.pixel_array[:DEMO_FRAMES])  # (t, y, x, 3) RGB
     ds = src.copy()

@@ -15,7 +15,9 @@ from importlib import resources
 
 import numpy as np
 
-log = logging.getLogger("medsam3.concepts")
+from medsam3.models.text_encoder import shared_text_encoder
+
+log = logging.getLogger("medsam3.models.concepts")
 
 
 @dataclass(frozen=True)
@@ -130,8 +132,6 @@ def lateral_pair(phrase: str) -> tuple[str, str] | None:
 
 @lru_cache(maxsize=1)
 def _name_matrix() -> tuple[list[str], np.ndarray]:
-    from medsam3.models.text_encoder import shared_text_encoder
-
     names, owners = [], []
     for c in load_vocabulary():
         for s in (c.concept, *c.synonyms):
@@ -152,8 +152,6 @@ def nearest(phrase: str, k: int = 3) -> list[tuple[str, float]]:
     Returns:
         [(canonical concept, cosine similarity in [-1, 1])], most similar first.
     """
-    from medsam3.models.text_encoder import shared_text_encoder
-
     owners, matrix = _name_matrix()
     sims = matrix @ shared_text_encoder().encode([phrase])[0]
     best: dict[str, float] = {}

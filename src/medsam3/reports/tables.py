@@ -2,7 +2,7 @@
 
 Tables (one Parquet file each in a reports folder, see ``TABLE_FILES``): studies, segments,
 metrics, failures, provenance. Every table has an explicit schema (defined in
-``medsam3.report_schemas``, re-exported here) whose fields carry a ``description`` in their
+``medsam3.reports.schemas``, re-exported here) whose fields carry a ``description`` in their
 metadata, so an empty table still has typed columns. Rows never hold
 patient identifiers: ``study_id`` is the pipeline's pseudonymous id, errors are scrubbed of UIDs
 and dates.
@@ -22,12 +22,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
+import SimpleITK as sitk
 from scipy import ndimage
 
 from medsam3.io.atomic import atomic_path
-from medsam3.io.common import scrub
-from medsam3.io.image import MedImage
-from medsam3.report_schemas import (  # noqa: F401  (re-exported)
+from medsam3.io.common import scrub_identifiers
+from medsam3.io.image import ImageInfo, MedImage
+from medsam3.reports.provenance import iso_time
+from medsam3.reports.schemas import (  # noqa: F401  (re-exported)
     FAILURES_SCHEMA,
     METRICS_SCHEMA,
     PROVENANCE_SCHEMA,
@@ -38,29 +40,30 @@ from medsam3.report_schemas import (  # noqa: F401  (re-exported)
 from medsam3.types import PathLikeStr
 
 
-def study_row(study_id: str, image: MedImage | None, status: str, error: str | None) -> dict:
+def study_row(study_id: str, status: str, error: str | None, image: ImageInfo | None) -> dict:
     """One row of the studies table.
 
     Args:
         study_id: pseudonymous study id.
-        image: the ingested image, or None when ingest failed.
-        status: "ok", "failed" or "skipped".
-        error: error message (scrubbed here) or None.
+        status: "ok", "failed" or "ingested" (stored, not segmented yet).
+        error: error message (UIDs and dates are scrubbed here) or None.
+        image: the ingested image's description, or None when ingest failed.
 
     Returns:
         dict matching ``STUDIES_SCHEMA``.
     """
     row = dict.fromkeys(STUDIES_SCHEMA.names)
-    row.update(study_id=study_id, status=status, error=scrub(error, 500) if error else None)
+    row.update(
+        study_id=study_id, status=status, error=scrub_identifiers(error, 500) if error else None
+    )
     if image is not None:
-        frames = 1 if image.kind == "image" else int(image.array.shape[0])
         row.update(
             kind=image.kind,
             modality=image.modality,
-            shape=list(image.array.shape),
-            spacing=[float(s) for s in image.spacing],
-            origin=[float(o) for o in image.origin],
-            frame_count=frames,
+            shape=list(image.shape),
+            spacing=list(image.spacing),
+            origin=list(image.origin),
+            frame_count=image.frame_count,
             source_digest=image.source_digest,
         )
     return row
@@ -90,8 +93,6 @@ def _to_physical(ref, index_xyz) -> list[float]:
 
 def _geometry_image(image: MedImage):
     """A 1-voxel SimpleITK image carrying only ``image``'s geometry (no pixel copy)."""
-    import SimpleITK as sitk
-
     ndim = len(image.spacing)
     ref = sitk.Image([1] * ndim, sitk.sitkUInt8)
     ref.SetSpacing([float(s) for s in image.spacing])
@@ -245,7 +246,7 @@ def metrics_row(
     Args:
         study_id: pseudonymous study id.
         concept: concept phrase.
-        metrics: output of :func:`medsam3.metrics.segmentation_metrics`.
+        metrics: output of :func:`medsam3.reports.metrics.segmentation_metrics`.
         presence: model presence probability.
         threshold: presence threshold that decides ``pred_present``.
         nsd_tolerance_mm: tolerance the NSD was computed at.
@@ -282,13 +283,11 @@ def failure_row(study_id: str, stage: str, error: BaseException | str) -> dict:
     Returns:
         dict matching ``FAILURES_SCHEMA`` with the current UTC time.
     """
-    from medsam3.provenance import iso_time
-
     msg = f"{type(error).__name__}: {error}" if isinstance(error, BaseException) else str(error)
     return {
         "study_id": study_id,
         "stage": stage,
-        "error": scrub(msg, 500),
+        "error": scrub_identifiers(msg, 500),
         "time": iso_time(time.time()),
     }
 

@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 from matplotlib.figure import Figure
 
 from medsam3.io.atomic import atomic_path, write_text_atomic
-from medsam3.reports import TABLE_FILES
+from medsam3.reports.schemas import TABLE_FILES
 from medsam3.types import PathLikeStr
 
 Overlay = tuple[str, np.ndarray, np.ndarray]

@@ -8,7 +8,7 @@ files (cine loops) and planar single frames (x-ray, photographs) that share a se
 one row per file. NIfTI, NRRD, MetaImage, PNG, JPEG, TIFF and video files get one row each,
 and a folder named ``frames`` holding only 2D images is one video row.
 The table carries no UIDs or patient data: study ids are salted hashes
-(``medsam3.cohort.derive_study_id``).
+(``medsam3.pipeline.cohort.derive_study_id``).
 """
 
 from __future__ import annotations
@@ -21,12 +21,12 @@ from pathlib import Path
 import pandas as pd
 import SimpleITK as sitk
 
-from medsam3.cohort import DEFAULT_SALT, derive_study_id
 from medsam3.io.atomic import write_text_atomic
 from medsam3.io.common import ReadError
 from medsam3.io.dicom import dicom_kind, is_dicom_file, load_dataset, map_modality, series_key
 from medsam3.io.formats import IMAGE_SUFFIXES, SITK_SUFFIXES, suffix_of
 from medsam3.io.video import VIDEO_SUFFIXES
+from medsam3.pipeline.cohort import DEFAULT_SALT, derive_study_id
 from medsam3.types import PathLikeStr
 
 log = logging.getLogger(__name__)

@@ -10,12 +10,12 @@ import subprocess
 from datetime import UTC, datetime
 from pathlib import Path
 
-from medsam3 import __version__
+from medsam3._version import __version__
 from medsam3.io.common import file_digest
 
 __all__ = ["config_hash", "file_digest", "git_commit", "iso_time", "provenance_row"]
 
-_REPO = Path(__file__).resolve().parents[2]
+_REPO = Path(__file__).resolve().parents[3]
 
 
 def config_hash(config: dict) -> str:
@@ -64,7 +64,7 @@ def iso_time(epoch_s: float) -> str:
 
 def _torch_version() -> str | None:
     """torch's version, or None when torch is not importable."""
-    try:
+    try:  # here, not at the top: torch takes 7 s to import and is optional for the report
         import torch
     except ImportError:
         return None

@@ -30,6 +30,7 @@ import contextlib
 from collections.abc import Iterator
 from typing import Any
 
+from dask_jobqueue import SLURMCluster
 from distributed import Client, LocalCluster
 
 LOCAL_DEFAULTS: dict[str, Any] = {
@@ -109,8 +110,6 @@ def make_slurm_cluster(settings: dict[str, Any], scale: bool = True):
     Raises:
         ValueError: cores, memory or walltime missing.
     """
-    from dask_jobqueue import SLURMCluster
-
     for key in ("cores", "memory", "walltime"):
         if not settings.get(key):
             raise ValueError(f"config['dask']['{key}'] is required when dask.cluster is 'slurm'")

@@ -18,15 +18,13 @@ from __future__ import annotations
 
 import logging
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from medsam3.io.image import MedImage
-    from medsam3.models.base import ConceptResult, Segmenter
+from medsam3.io.image import MedImage
+from medsam3.models.base import ConceptResult, Segmenter, mask_box
 
-log = logging.getLogger("medsam3.orientation")
+log = logging.getLogger("medsam3.models.orientation")
 
 # world axes in SimpleITK's LPS frame: 0 = L(eft), 1 = P(osterior), 2 = S(uperior)
 # slice normal -> ((world axis, sign) that rows run along, (world axis, sign) columns run along)
@@ -133,8 +131,6 @@ def segment_in_display_order(
 
 def _to_stored(result: ConceptResult, order: DisplayOrder) -> None:
     """Map a volume's ConceptResult (union and instances) back to the stored order, in place."""
-    from medsam3.models.base import mask_box
-
     result.mask = order.to_stored(result.mask)
     for inst in result.instances:
         inst.mask = order.to_stored(inst.mask)

@@ -51,6 +51,29 @@ def ct_window_for(concept: str | None) -> tuple[float, float]:
     return CT_WINDOWS["soft_tissue"]
 
 
+def group_by_ct_window(
+    concepts: list[str], modality: str | None
+) -> dict[tuple[float, float] | None, list[str]]:
+    """Concepts that share one pre-processed plane, in input order.
+
+    On CT each concept is shown in its own window (:func:`ct_window_for`), so concepts are
+    grouped by window and each group is encoded once; any other modality is one group.
+
+    Args:
+        concepts: phrases.
+        modality: the image's modality ("ct" groups by window).
+
+    Returns:
+        (center, width) in HU -> phrases for CT; ``{None: concepts}`` otherwise.
+    """
+    if (modality or "").lower() != "ct":
+        return {None: list(concepts)}
+    groups: dict[tuple[float, float] | None, list[str]] = {}
+    for concept in concepts:
+        groups.setdefault(ct_window_for(concept), []).append(concept)
+    return groups
+
+
 def apply_window(plane: np.ndarray, center: float, width: float) -> np.ndarray:
     """Map [center - width/2, center + width/2] linearly to uint8 [0, 255] (clipped)."""
     lo = center - width / 2.0

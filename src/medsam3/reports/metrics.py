@@ -32,7 +32,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import SimpleITK as sitk
-import torch
+import zarr
+from PIL import Image
 
 from medsam3.io.image import MedImage, check_same_space
 from medsam3.types import PathLikeStr
@@ -88,8 +89,10 @@ def overlap_metrics(pred: np.ndarray, truth: np.ndarray) -> dict[str, float]:
     return {"dice": 2.0 * inter / total, "iou": inter / (total - inter)}
 
 
-def _one_hot(mask: np.ndarray) -> torch.Tensor:
+def _one_hot(mask: np.ndarray):
     """(spatial...) bool -> (1, 1, spatial...) float tensor, MONAI's batch/channel layout."""
+    import torch  # with MONAI below: torch (7 s) only when surface metrics are computed
+
     return torch.from_numpy(np.ascontiguousarray(mask, dtype=np.float32))[None, None]
 
 
@@ -116,6 +119,7 @@ def surface_metrics(
         return {"nsd": 1.0, "hd95": 0.0}
     if p_any != t_any:
         return {"nsd": 0.0, "hd95": math.nan}
+    # MONAI loads here, when two non-empty masks meet: importing monai.metrics takes 5 s
     from monai.metrics import compute_hausdorff_distance, compute_surface_dice
 
     sp = monai_spacing(spacing, p.ndim)
@@ -236,8 +240,6 @@ def _select_label(labels: np.ndarray, label_value) -> np.ndarray:
 
 def _png_array(path: Path) -> np.ndarray:
     """A PNG as a 2D grey-level array (colour masks are converted to luminance)."""
-    from PIL import Image
-
     with Image.open(path) as im:
         return np.asarray(im.convert("L") if im.mode not in ("L", "I", "I;16") else im)
 
@@ -266,8 +268,6 @@ def _read_png_truth(path: Path, label_value, like: MedImage) -> np.ndarray:
 
 def _read_zarr_truth(ref: str, like: MedImage) -> tuple[np.ndarray, MedImage | None]:
     """Zarr ``store#labels/<name>`` or ``store#image``: array and geometry when stored."""
-    import zarr
-
     store, _, key = ref.partition("#")
     root = zarr.open_group(store, mode="r")
     node = root[key or "image"]

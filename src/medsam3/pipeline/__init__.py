@@ -1,0 +1,1 @@
+"""Pipeline stages: cohort tables, ingest, segmentation shards, aggregation, output layout."""

@@ -1,0 +1,171 @@
+"""The report job: combine per-study parts and statuses into the Parquet reports and HTML.
+
+Tables in the reports folder (``Layout.reports``): studies, segments, metrics (with a
+ground-truth table), failures, provenance, plus ``report.html``. Parts are streamed with pyarrow
+datasets and metrics are computed in parallel on a Dask cluster (LocalCluster, or SLURM via
+dask-jobqueue), so a 100k-study cohort never sits in one pandas frame.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+
+from medsam3.io.atomic import write_json_atomic
+from medsam3.io.common import concept_slug
+from medsam3.io.zarr_store import read_label, read_study
+from medsam3.models.preprocess import to_uint8_rgb
+from medsam3.pipeline.cluster import dask_client
+from medsam3.pipeline.layout import Layout
+from medsam3.pipeline.settings import ReportSettings
+from medsam3.pipeline.status import StudyStatus, failure_rows, study_records
+from medsam3.reports.html import best_worst, write_html_report
+from medsam3.reports.metrics import load_ground_truth, read_truth_mask, segmentation_metrics
+from medsam3.reports.schemas import (
+    FAILURES_SCHEMA,
+    METRICS_SCHEMA,
+    PROVENANCE_SCHEMA,
+    SEGMENTS_SCHEMA,
+    STUDIES_SCHEMA,
+)
+from medsam3.reports.tables import (
+    aggregate_parts,
+    failure_row,
+    metrics_row,
+    study_row,
+    write_parquet_atomic,
+)
+
+log = logging.getLogger("medsam3.pipeline.aggregate")
+PRESENCE_THRESHOLD = 0.5
+
+
+def studies_rows(ingest: list[StudyStatus], segment: list[StudyStatus]) -> list[dict]:
+    """Rows of the studies table: one per ingest record, with the segment outcome folded in.
+
+    Args:
+        ingest: ingest records, in cohort order.
+        segment: segment records (any order).
+
+    Returns:
+        Rows (``STUDIES_SCHEMA``) with status "failed" (ingest or segment failed), "ok"
+        (segmented) or "ingested" (no segment record yet), and the first error.
+    """
+    seg = {r.study_id: r for r in segment}
+    rows = []
+    for rec in ingest:
+        done = seg.get(rec.study_id)
+        failed = rec.status != "ok" or (done is not None and done.status == "failed")
+        status = "failed" if failed else ("ok" if done else "ingested")
+        error = rec.error or (done.error if done else None)
+        rows.append(study_row(rec.study_id, status, error, rec.image))
+    return rows
+
+
+def metrics_for(truth: dict, outdir: str, tolerance_mm: float) -> dict:
+    """Metrics row for one ground-truth row (runs on a Dask worker).
+
+    Args:
+        truth: a row of :func:`medsam3.reports.metrics.load_ground_truth` as a dict.
+        outdir: output root holding the Zarr stores.
+        tolerance_mm: NSD tolerance.
+
+    Returns:
+        ``{"row": metrics row}`` or ``{"failure": failures row}``.
+    """
+    sid, concept = truth["study_id"], truth["concept"]
+    try:
+        store = Layout(outdir).store(sid)
+        image = read_study(store)
+        pred, attrs = read_label(store, concept_slug(concept))
+        gt = read_truth_mask(truth, like=image)
+        spacing = image.spacing if image.kind == "volume" else image.spacing[:2]
+        values = segmentation_metrics(
+            pred > 0, gt > 0, spacing if image.kind != "video" else None, tolerance_mm
+        )
+        row = metrics_row(sid, concept, values, attrs["presence"], PRESENCE_THRESHOLD, tolerance_mm)
+        return {"row": row}
+    except Exception as exc:  # noqa: BLE001 - recorded in failures.parquet
+        return {"failure": failure_row(sid, "metrics", exc)}
+
+
+def _metrics(settings: ReportSettings) -> tuple[list[dict], list[dict]]:
+    """Metrics rows of every ground-truth row (on the Dask cluster), and the failures."""
+    truths = load_ground_truth(settings.ground_truth).to_dict("records")
+    if not truths:
+        return [], []
+    with dask_client({"dask": settings.dask}) as client:
+        futures = client.map(
+            metrics_for,
+            truths,
+            outdir=settings.outdir,
+            tolerance_mm=float(settings.nsd_tolerance_mm),
+            pure=False,
+        )
+        results = client.gather(futures)
+    return [r["row"] for r in results if "row" in r], [
+        r["failure"] for r in results if "failure" in r
+    ]
+
+
+def _overlays(layout: Layout) -> list:
+    """Best and worst Dice overlays for the HTML report: (title, RGB plane, mask) each."""
+    overlays = []
+    for sid, concept, dice in best_worst(layout.reports):
+        store = layout.store(sid)
+        image, (label, _) = read_study(store), read_label(store, concept_slug(concept))
+        k = (
+            int(np.argmax(label.reshape(label.shape[0], -1).sum(1)))
+            if image.kind != "image"
+            else None
+        )
+        plane = image.array if k is None else image.array[k]
+        mask = label if k is None else label[k]
+        overlays.append(
+            (
+                f"{sid} / {concept}: Dice {dice:.3f}",
+                to_uint8_rgb(plane, image.modality, concept),
+                mask > 0,
+            )
+        )
+    return overlays
+
+
+def write_reports(
+    ingest_files: list[str], segment_files: list[str], settings: ReportSettings
+) -> Path:
+    """Write every report table, ``report.html`` and the report timing.
+
+    Args:
+        ingest_files: ingest status files (one per study, cohort order).
+        segment_files: segment shard status files.
+        settings: output folder, NSD tolerance, Dask cluster and ground-truth table ("": none).
+
+    Returns:
+        The reports folder.
+    """
+    start = time.time()
+    layout = settings.layout
+    ingest, segment = study_records(ingest_files), study_records(segment_files)
+    write_parquet_atomic(studies_rows(ingest, segment), layout.table("studies"), STUDIES_SCHEMA)
+    seg_parts = [layout.segments_part(r.study_id) for r in segment if r.status == "ok"]
+    aggregate_parts(seg_parts, layout.table("segments"), SEGMENTS_SCHEMA)
+    prov_parts = layout.provenance_parts()
+    aggregate_parts(prov_parts, layout.table("provenance"), PROVENANCE_SCHEMA)
+    metrics, metric_failures = _metrics(settings) if settings.ground_truth else ([], [])
+    write_parquet_atomic(metrics, layout.table("metrics"), METRICS_SCHEMA)
+    failures = failure_rows(ingest) + failure_rows(segment) + metric_failures
+    write_parquet_atomic(failures, layout.table("failures"), FAILURES_SCHEMA)
+    write_html_report(layout.reports, layout.html_report(), _overlays(layout))
+    write_json_atomic(layout.report_timing(), {"seconds": time.time() - start})
+    log.info(
+        "reports: %d studies, %d segment parts, %d metrics rows, %d failures",
+        len(ingest),
+        len(seg_parts),
+        len(metrics),
+        len(failures),
+    )
+    return layout.reports

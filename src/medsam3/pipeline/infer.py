@@ -1,0 +1,226 @@
+"""Sharded cohort inference: one job segments a shard of studies with one loaded model.
+
+For each study of the shard: read its Zarr store, resolve its concepts, skip concepts whose
+label already exists for this backend and checkpoint (resume after a killed job), segment the
+rest with the image encoded once, store masks under ``labels/<concept_slug>`` (uint8 instance
+ids 1..n, 0 background; above 255 instances a 0/1 mask with ``encoding: binary``), export them,
+and write the study's segments rows to its part (``Layout.segments_part``).
+A failing study is recorded in the shard status and the shard goes on.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage
+
+from medsam3.io.common import concept_slug
+from medsam3.io.image import MedImage
+from medsam3.io.masks import write_concept_masks
+from medsam3.io.zarr_store import list_labels, read_label, read_label_attrs, read_study, write_label
+from medsam3.models.base import ConceptResult, Segmenter
+from medsam3.models.build import load_model, resolve_device
+from medsam3.models.concepts import log_unknown_phrases
+from medsam3.models.orientation import segment_in_display_order
+from medsam3.pipeline.cohort import Shard, Study, concepts_for
+from medsam3.pipeline.settings import ModelSettings, SegmentSettings
+from medsam3.pipeline.status import (
+    JobStatus,
+    StudyStatus,
+    hide_source_path,
+    read_status,
+    write_status,
+)
+from medsam3.reports.provenance import provenance_row
+from medsam3.reports.schemas import PROVENANCE_SCHEMA, SEGMENTS_SCHEMA
+from medsam3.reports.tables import segment_rows, write_parquet_atomic
+
+log = logging.getLogger("medsam3.pipeline.infer")
+
+
+def instance_label(result: ConceptResult) -> tuple[np.ndarray, str]:
+    """Encode a result as a label array: instance ids (uint8) or a 0/1 mask above 255 instances.
+
+    Returns:
+        (label array on the input grid, encoding "instances" or "binary").
+    """
+    union = np.asarray(result.mask).astype(bool)
+    if 0 < len(result.instances) <= 255:
+        label = np.zeros(union.shape, np.uint8)
+        for k, inst in enumerate(result.instances, start=1):
+            label[np.asarray(inst.mask, bool) & union & (label == 0)] = k
+        if np.array_equal(label > 0, union):
+            return label, "instances"
+    components, n = ndimage.label(union)  # instances do not tile the union: use its components
+    if n <= 255:
+        return components.astype(np.uint8), "instances"
+    return union.astype(np.uint8), "binary"
+
+
+def _done_concepts(store: Path, concepts: list[str], model: Segmenter) -> set[str]:
+    existing = set(list_labels(store))
+    done = set()
+    for phrase in concepts:
+        if concept_slug(phrase) in existing:
+            attrs = read_label_attrs(store, concept_slug(phrase))
+            if (
+                attrs.get("backend") == model.name
+                and attrs.get("checkpoint_digest") == model.checkpoint_digest
+            ):
+                done.add(phrase)
+    return done
+
+
+def _store_result(store: Path, result: ConceptResult, model: Segmenter) -> None:
+    label, encoding = instance_label(result)
+    attrs = {
+        "concept": result.concept,
+        "backend": model.name,
+        "checkpoint_digest": model.checkpoint_digest,
+        "presence": float(result.presence),
+        "instance_scores": [float(i.score) for i in result.instances][:255],
+        "encoding": encoding,
+        "nearest_known": list(result.nearest_known),
+        "display_order": result.extra.get("display_order"),  # volumes: flips the model saw
+    }
+    write_label(store, concept_slug(result.concept), label, attrs)
+
+
+def _export(
+    label: np.ndarray, image: MedImage, phrase: str, study: Study, settings: SegmentSettings
+) -> None:
+    """Write a concept's mask files into the study's masks folder (formats: config export)."""
+    write_concept_masks(
+        label,
+        image,
+        phrase,
+        settings.layout.masks(study.study_id),
+        settings.export,
+        source=study.path,
+        algorithm=f"medsam3 {settings.model.backend}",
+    )
+
+
+def segment_study(study: Study, model: Segmenter, settings: SegmentSettings) -> StudyStatus:
+    """Segment one ingested study; store labels, exports and its segments part.
+
+    Args:
+        study: cohort row.
+        model: loaded segmenter.
+        settings: the segment job's settings (output folder, default concepts, exports).
+
+    Returns:
+        The study's record: status "ok" with its concepts and those computed now, or "skipped"
+        when its ingest failed.
+    """
+    layout = settings.layout
+    ingest = read_status(layout.status("ingest", study.study_id)).studies[0]
+    if ingest.status != "ok":
+        return StudyStatus(study.study_id, "segment", "skipped", error="ingest failed")
+    store = layout.store(study.study_id)
+    image = read_study(store)
+    concepts = concepts_for(study, image.modality, settings.default_concepts)
+    todo = [c for c in concepts if c not in _done_concepts(store, concepts, model)]
+    log_unknown_phrases(todo)
+    if todo:
+        for result in segment_in_display_order(model, image, todo).values():
+            _store_result(store, result, model)
+    rows, errors = _export_and_rows(study, image, concepts, model, settings)
+    write_parquet_atomic(rows, layout.segments_part(study.study_id), SEGMENTS_SCHEMA)
+    return StudyStatus(
+        study.study_id,
+        "segment",
+        concepts=concepts,
+        computed=todo,
+        export_errors=[hide_source_path(e, study.path, settings.report_paths) for e in errors],
+    )
+
+
+def _export_and_rows(
+    study: Study, image: MedImage, concepts: list[str], model: Segmenter, settings: SegmentSettings
+) -> tuple[list[dict], list[str]]:
+    """Export every stored concept's masks and build its segments rows.
+
+    Returns:
+        (segments rows, "<concept>: <error>" of each failed export).
+    """
+    store = settings.layout.store(study.study_id)
+    rows, export_errors = [], []
+    for phrase in concepts:
+        label, attrs = read_label(store, concept_slug(phrase))
+        try:
+            _export(label, image, phrase, study, settings)
+        except Exception as exc:  # noqa: BLE001 - the mask is stored; the export failure is recorded
+            log.exception("export of %s / %s failed", study.study_id, phrase)
+            export_errors.append(f"{phrase}: {type(exc).__name__}: {exc}")
+        rows += segment_rows(
+            study.study_id,
+            phrase,
+            label,
+            image,
+            attrs["presence"],
+            attrs["instance_scores"],
+            model.name,
+            model.checkpoint_digest,
+        )
+    return rows, export_errors
+
+
+def segment_shard(shard: Shard, settings: SegmentSettings) -> JobStatus:
+    """Segment a shard of studies with one model load; write its provenance part and status.
+
+    Args:
+        shard: the shard's name and cohort rows.
+        settings: the segment job's settings.
+
+    Returns:
+        The shard status, also written as ``Layout.status("segment", shard.name)``.
+    """
+    start = time.time()
+    model = load_model(
+        settings.model.backend,
+        checkpoint=settings.model.checkpoint or None,
+        **_model_kwargs(settings.model),
+    )
+    load_s = time.time() - start
+    records = []
+    for i, study in enumerate(shard.studies, start=1):
+        t0 = time.time()
+        records.append(_segment_safely(study, model, settings))
+        records[-1].seconds = time.time() - t0
+        n = len(shard.studies)
+        log.info("[%s %d/%d] %s: %s", shard.name, i, n, study.study_id, records[-1].status)
+    prov = provenance_row(
+        f"segment/{shard.name}",
+        model.name,
+        model.checkpoint_digest,
+        settings.to_params(),
+        start,
+        time.time(),
+    )
+    layout = settings.layout
+    write_parquet_atomic([prov], layout.provenance_part(shard.name), PROVENANCE_SCHEMA)
+    status = JobStatus("segment", shard.name, records, model_load_s=load_s)
+    write_status(layout.status("segment", shard.name), status)
+    return status
+
+
+def _model_kwargs(model: ModelSettings) -> dict:
+    """Backend options of ``load_model``: the resolved device, and the LoRA adapter if any."""
+    kwargs = {"device": resolve_device(model.backend, model.device)}
+    if model.lora:
+        kwargs["lora"] = model.lora
+    return kwargs
+
+
+def _segment_safely(study: Study, model: Segmenter, settings: SegmentSettings) -> StudyStatus:
+    """:func:`segment_study`, with a failure recorded instead of raised."""
+    try:
+        return segment_study(study, model, settings)
+    except Exception as exc:  # noqa: BLE001 - a failed study is recorded, the shard goes on
+        log.exception("segment %s failed", study.study_id)
+        error = hide_source_path(f"{type(exc).__name__}: {exc}", study.path, settings.report_paths)
+        return StudyStatus(study.study_id, "segment", "failed", error=error)

@@ -1,0 +1,91 @@
+"""The output layout: every path under ``{outdir}``, for the rules and the pipeline code alike.
+
+No other module joins paths under the output folder. The rules (``workflow/rules/*.smk``) build
+their ``output:`` and ``log:`` patterns here with Snakemake wildcards in place of ids
+(``layout.status("ingest", "{study}")``); the jobs rebuild the same paths from the ids::
+
+    {outdir}/zarr/{study_id}.zarr                     Zarr store: image + labels/<concept_slug>
+    {outdir}/masks/{study_id}/                        exported masks (io.masks)
+    {outdir}/status/{stage}/{job}.json                job status (pipeline.status)
+    {outdir}/status/report.json                       timing of the report job
+    {outdir}/parts/segments/{study_id}.parquet        a study's segments rows
+    {outdir}/parts/provenance/{shard}.parquet         a shard's provenance row
+    {outdir}/reports/{table}.parquet, report.html     the reports (reports.schemas.TABLE_FILES)
+    {outdir}/reports/ingest_failures.parquet          failures of the ``ingest`` target
+    {outdir}/logs/{group}/{name}.log                  one log per job
+    {outdir}/train/{name}.safetensors                 trained concept heads
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from medsam3.reports.schemas import TABLE_FILES
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Paths under one output folder.
+
+    Attributes:
+        root: the output folder (``config["outdir"]``; a str is accepted).
+    """
+
+    root: Path
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "root", Path(self.root))  # accept str roots (config values)
+
+    def store(self, study_id: str) -> Path:
+        """A study's Zarr store."""
+        return self.root / "zarr" / f"{study_id}.zarr"
+
+    def masks(self, study_id: str) -> Path:
+        """A study's folder of exported masks."""
+        return self.root / "masks" / study_id
+
+    def status(self, stage: str, job: str) -> Path:
+        """Status JSON of a job: one per study for ``ingest``, one per shard for ``segment``."""
+        return self.root / "status" / stage / f"{job}.json"
+
+    def report_timing(self) -> Path:
+        """Timing record of the report job."""
+        return self.root / "status" / "report.json"
+
+    def segments_part(self, study_id: str) -> Path:
+        """A study's rows of the segments table."""
+        return self.root / "parts" / "segments" / f"{study_id}.parquet"
+
+    def provenance_part(self, shard: str) -> Path:
+        """A shard's row of the provenance table."""
+        return self.root / "parts" / "provenance" / f"{shard}.parquet"
+
+    def provenance_parts(self) -> list[Path]:
+        """The provenance parts written so far, sorted."""
+        return sorted((self.root / "parts" / "provenance").glob("*.parquet"))
+
+    @property
+    def reports(self) -> Path:
+        """The reports folder."""
+        return self.root / "reports"
+
+    def table(self, name: str) -> Path:
+        """A report table: studies, segments, metrics, failures or provenance."""
+        return self.reports / TABLE_FILES[name][0]
+
+    def html_report(self) -> Path:
+        """The HTML summary of the reports."""
+        return self.reports / "report.html"
+
+    def ingest_failures(self) -> Path:
+        """Failures table of the ``ingest`` target (the full report writes ``failures``)."""
+        return self.reports / "ingest_failures.parquet"
+
+    def log(self, group: str, name: str | None = None) -> Path:
+        """A job's log: ``logs/{group}.log``, or ``logs/{group}/{name}.log``."""
+        return self.root / "logs" / (f"{group}.log" if name is None else f"{group}/{name}.log")
+
+    def trained_head(self, name: str) -> Path:
+        """A concept head written by the train rules."""
+        return self.root / "train" / f"{name}.safetensors"

@@ -1,0 +1,138 @@
+"""Typed settings of the pipeline jobs, read from the validated workflow config.
+
+``common.smk`` validates ``config.yaml`` against ``workflow/schemas/config.schema.yaml`` with
+``set_default=True``, so every optional key holds its schema default; the classes here read the
+keys a job needs and carry them across the Snakemake boundary as rule params
+(``to_params()`` in the rule, ``from_params()`` in the job). Defaults live in the schema only.
+The params double as Snakemake's rerun trigger: a job re-runs when its settings change.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from typing import Any, Self
+
+from medsam3.pipeline.layout import Layout
+
+
+class _JobSettings:
+    """The verbs every job's settings share: rule params both ways, and the output layout."""
+
+    outdir: str
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any]) -> Self:
+        """Rebuild from :meth:`to_params` output."""
+        return cls(**params)
+
+    def to_params(self) -> dict[str, Any]:
+        """Plain values for a rule's params."""
+        return asdict(self)
+
+    @property
+    def layout(self) -> Layout:
+        """The output layout under ``outdir``."""
+        return Layout(self.outdir)
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    """``config["model"]``: the backend a segment job loads (see the schema for each key)."""
+
+    backend: str
+    checkpoint: str
+    lora: str
+    device: str
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> ModelSettings:
+        """Read ``config["model"]`` (validated, defaults filled)."""
+        model = config["model"]
+        return cls(model["backend"], model["checkpoint"], model["lora"], model["device"])
+
+
+@dataclass(frozen=True)
+class IngestSettings(_JobSettings):
+    """What an ingest job needs besides its study."""
+
+    outdir: str
+    report_paths: bool
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> IngestSettings:
+        """Read the ingest keys of the validated config."""
+        return cls(config["outdir"], config["report_paths"])
+
+
+@dataclass(frozen=True)
+class SegmentSettings(_JobSettings):
+    """What a segment shard job needs besides its studies.
+
+    ``to_params()`` is also the configuration hashed into the provenance table.
+    """
+
+    outdir: str
+    model: ModelSettings
+    export: tuple[str, ...]
+    default_concepts: dict[str, list[str]]
+    report_paths: bool
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> SegmentSettings:
+        """Read the segmentation keys of the validated config."""
+        return cls(
+            outdir=config["outdir"],
+            model=ModelSettings.from_config(config),
+            export=tuple(config["export"]),
+            default_concepts={k: list(v) for k, v in config["default_concepts"].items()},
+            report_paths=config["report_paths"],
+        )
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any]) -> SegmentSettings:
+        """Rebuild from :meth:`to_params` output."""
+        fields = dict(params)
+        fields["model"] = ModelSettings(**fields["model"])
+        fields["export"] = tuple(fields["export"])
+        return cls(**fields)
+
+    def to_params(self) -> dict[str, Any]:
+        """Plain values for a rule's params (lists, not tuples)."""
+        params = asdict(self)
+        params["export"] = list(self.export)
+        return params
+
+
+@dataclass(frozen=True)
+class ReportSettings(_JobSettings):
+    """What the report job needs besides the status files."""
+
+    outdir: str
+    nsd_tolerance_mm: float
+    dask: dict[str, Any]
+    ground_truth: str
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any], ground_truth: str) -> ReportSettings:
+        """Read the report keys of the validated config.
+
+        Args:
+            config: the validated workflow config.
+            ground_truth: ``config["ground_truth"]`` resolved to a path ("" for no metrics).
+        """
+        return cls(config["outdir"], config["nsd_tolerance_mm"], dict(config["dask"]), ground_truth)
+
+
+@dataclass(frozen=True)
+class JobResources:
+    """``config["resources"][group]``: memory (MB), runtime (minutes) and GPUs of a job."""
+
+    mem_mb: int
+    runtime: int
+    gpu: int
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any], group: str) -> JobResources:
+        """Read one rule group's resources (ingest, segment or report)."""
+        return cls(**config["resources"][group])

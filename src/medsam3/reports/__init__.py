@@ -1,0 +1,1 @@
+"""Report tables: schemas, row builders, metrics, provenance and the HTML summary."""
