@@ -6,9 +6,13 @@ slices and extrapolated linearly to 100 slices unless ``--slices 100`` (marked "
 The sam3 backend is timed with random weights via ``medsam3.models.sam3.build_random_sam3`` when
 that function exists (skipped with a message otherwise).
 
+With ``--baseline-checkpoint HEAD`` the compact backend is also timed with another concept head
+(e.g. the previously shipped one: ``git show <commit>:src/medsam3/weights/compact_head.safetensors``
+and its ``.json``) in the same run, and the ratios current / baseline are printed.
+
 Usage:
     python benchmarks/segment.py [--backends compact,sam3] [--scale tiny] [--slices 4]
-                                 [--refine-baseline]
+                                 [--refine-baseline] [--baseline-checkpoint HEAD]
 """
 
 from __future__ import annotations
@@ -62,12 +66,14 @@ def bench(model, name: str, slices: int, refine_baseline: bool = False) -> dict:
     img = real_image()
     model.segment(img, CONCEPTS[:1], modality="mri")  # warm-up (text encoder, threads)
     one = timed(lambda: model.segment(img, CONCEPTS[:1], modality="mri"))
+    unnamed = timed(lambda: model.segment(img, CONCEPTS[:1]))  # modality recognised, if it can
     eight = timed(lambda: model.segment(img, CONCEPTS, modality="mri"))
     vol = real_volume(slices)
     t_vol = timed(lambda: model.segment(vol, ["brain"], modality="mri", kind="volume"), 1)
     out = {
         "backend": name,
         "s_per_image_1_concept": round(one, 3),
+        "s_per_image_1_concept_no_modality": round(unnamed, 3),
         "s_per_image_8_concepts": round(eight, 3),
         "ratio_8_to_1": round(eight / one, 3),
         "s_per_100_slice_volume": round(t_vol * 100 / slices, 1),
@@ -81,6 +87,13 @@ def bench(model, name: str, slices: int, refine_baseline: bool = False) -> dict:
         out["volume_speedup_vs_refine_all"] = round(t_all / t_vol, 2)
     print(json.dumps(out))
     return out
+
+
+def print_ratios(current: dict, baseline: dict) -> None:
+    """Current / baseline for every timing both runs have."""
+    for key, value in current.items():
+        if key.startswith("s_per") and key in baseline:
+            print(f"  {key}: {value} s vs {baseline[key]} s (x{value / baseline[key]:.2f})")
 
 
 def main() -> None:
@@ -97,6 +110,11 @@ def main() -> None:
         action="store_true",
         help="compact: also time the volume refining every mask component (same run)",
     )
+    ap.add_argument(
+        "--baseline-checkpoint",
+        default=None,
+        help="compact: also time this concept head (same run) and print current / baseline",
+    )
     args = ap.parse_args()
     torch.set_num_threads(2)
     results = []
@@ -106,6 +124,10 @@ def main() -> None:
 
             model = load_model("compact")
             results.append(bench(model, "compact", args.slices, args.refine_baseline))
+            if args.baseline_checkpoint:
+                base = load_model("compact", checkpoint=args.baseline_checkpoint)
+                results.append(bench(base, "compact-baseline", args.slices))
+                print_ratios(results[-2], results[-1])
         elif backend == "sam3":
             try:
                 from medsam3.models.sam3 import build_random_sam3
