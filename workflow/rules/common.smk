@@ -100,7 +100,7 @@ STUDIES = {
     s.study_id: s for s in load_cohort(config["cohort"], config["study_id_salt"])
 }
 REFS = {
-    # the demo's sources appear when rule demo_data builds them: their time is not a change
+    # the demo sources appear when demo_data builds them: their time is not a change
     sid: replace(s.ref(), source_stamp="demo") if is_demo(s) else s.ref()
     for sid, s in STUDIES.items()
 }
