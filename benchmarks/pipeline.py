@@ -53,8 +53,6 @@ def run(root: Path, table: Path, shard_size: int, backend: str) -> dict:
         "snakemake",
         "-s",
         str(REPO / "Snakefile"),
-        "-d",
-        str(root),
         "--cores",
         "1",
         "--quiet",
@@ -68,7 +66,7 @@ def run(root: Path, table: Path, shard_size: int, backend: str) -> dict:
         f"model={{backend: {backend}}}",
     ]
     t0 = time.time()
-    subprocess.run(cmd, check=True, capture_output=True)
+    subprocess.run(cmd, check=True, capture_output=True, cwd=root)  # the run works in its outdir
     wall = time.time() - t0
     ingest = sum(
         json.loads(p.read_text())["seconds"] for p in (out / "status" / "ingest").glob("*.json")

@@ -25,21 +25,26 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
-def snakemake_cmd(workdir: Path, *args: str) -> list[str]:
-    """Command line running the repository's Snakefile in ``workdir`` on 2 local cores."""
+def snakemake_cmd(*args: str) -> list[str]:
+    """Command line running the repository's Snakefile on 2 local cores.
+
+    Run it with ``cwd`` set to the launch folder: the workflow itself works in its outdir
+    (``workdir:`` in ``common.smk``), which ``-d`` would override.
+    """
     snakefile = str(REPO / "Snakefile")
-    return [
-        sys.executable,
-        "-m",
-        "snakemake",
-        "-s",
-        snakefile,
-        "-d",
-        str(workdir),
-        "--cores",
-        "2",
-        *args,
-    ]
+    return [sys.executable, "-m", "snakemake", "-s", snakefile, "--cores", "2", *args]
+
+
+def run_snakemake(launch: Path, *args: str, timeout: int = 1800) -> subprocess.CompletedProcess:
+    """Run the repository's Snakefile from ``launch`` and return the finished process."""
+    return subprocess.run(
+        snakemake_cmd(*args),
+        cwd=launch,
+        capture_output=True,
+        encoding="utf-8",
+        errors="replace",
+        timeout=timeout,
+    )
 
 
 @pytest.fixture(scope="session")

@@ -205,3 +205,56 @@ def write_us_cine(
     ds.FrameIncrementPointer = pydicom.tag.Tag("FrameTime")
     _set_pixels(ds, frames)
     ds.save_as(path, enforce_file_format=True)
+
+
+# pydicom's real 5-slice CT series (CT5N: 16 x 16 px, slices 2.5 mm apart), in file-name order.
+REAL_CT_SERIES = Path(pydicom.data.get_testdata_file("2392")).parent
+# Identifiers of a made-up patient, as they appear in a hospital's folder names and tags.
+PHI_TAGS = {
+    "PatientName": "Doe^John",
+    "PatientID": "PHI12345",
+    "PatientBirthDate": "19700101",
+    "AccessionNumber": "ACC98765",
+}
+PHI_STRINGS = ["DOE_JOHN", "Doe^John", "PHI12345", "19700101", "ACC98765"]
+
+
+def copy_real_ct_series(
+    folder: Path,
+    tags: dict | None = None,
+    drop: tuple[str, ...] = (),
+    cut: int | None = None,
+    series_uid: str | None = None,
+) -> list[Path]:
+    """Copy pydicom's real CT series into ``folder``, changing only the named tags.
+
+    Args:
+        folder: destination (created).
+        tags: attributes to set on every slice (e.g. ``PHI_TAGS``).
+        drop: attributes to delete from every slice (e.g. "PatientSex").
+        cut: index of a slice (file-name order; 2 is the middle one) whose file is cut just
+            before its pixel data, as an interrupted copy leaves it.
+        series_uid: a new SeriesInstanceUID for every slice (another series of the study).
+
+    Returns:
+        The copied files, in file-name order.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for k, src in enumerate(sorted(p for p in REAL_CT_SERIES.iterdir() if p.is_file())):
+        ds = pydicom.dcmread(src)
+        for key, value in (tags or {}).items():
+            setattr(ds, key, value)
+        for key in drop:
+            if key in ds:
+                delattr(ds, key)
+        if series_uid:
+            ds.SeriesInstanceUID = series_uid
+            ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        path = folder / f"IM{k:04d}.dcm"
+        ds.save_as(path)
+        if k == cut:
+            raw = path.read_bytes()
+            path.write_bytes(raw[: raw.rfind(b"\xe0\x7f\x10\x00")])  # (7FE0,0010) PixelData
+        paths.append(path)
+    return paths

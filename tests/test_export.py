@@ -10,9 +10,11 @@ import numpy as np
 import pydicom
 import pytest
 import SimpleITK as sitk
+from io_helpers import copy_real_ct_series
 from PIL import Image
 from pydicom.data import get_testdata_file
 
+from medsam3.io.common import concept_slug
 from medsam3.io.image import MedImage
 from medsam3.io.masks import (
     concept_codes,
@@ -178,8 +180,10 @@ def test_write_concept_masks_picks_files_by_kind_and_format(tmp_path, volume):
     image = MedImage(np.zeros((4, 5), np.uint8), "image", (1.0, 1.0), (0.0, 0.0), (1, 0, 0, 1))
     mask = np.zeros((4, 5), np.uint8)
     mask[1, 1:3] = 1
-    written = write_concept_masks(mask, image, "Left  Kidney", tmp_path / "a")
+    written = write_concept_masks(mask, image, "left kidney", tmp_path / "a")
     assert [p.name for p in written] == ["left_kidney.png"]
+    other = write_concept_masks(mask, image, "Left Kidney", tmp_path / "a")  # another phrase
+    assert [p.name for p in other] == [f"{concept_slug('Left Kidney')}.png"] != written
     assert write_concept_masks(mask, image, "x", tmp_path / "b", formats=["nifti"]) == []
     vmask = (volume.array > 0).astype(np.uint8)
     both = write_concept_masks(
@@ -216,3 +220,18 @@ def test_dicom_seg_frames_meet_the_slices_the_reader_stacked(tmp_path, ct_series
             assert_missing_frames_are_empty=True,
         )[0, :, :, 0]
         np.testing.assert_array_equal(got, (hu > threshold).astype(np.uint8))
+
+
+def test_dicom_seg_of_a_real_series_without_optional_tags_beside_another_series(tmp_path):
+    """No PatientSex / PatientBirthDate / AccessionNumber, a second series in a subfolder and
+    a slice without pixels: the SEG references exactly the slices the reader stacked."""
+    drop = ("PatientSex", "PatientBirthDate", "AccessionNumber", "StudyID")
+    files = copy_real_ct_series(tmp_path / "s", drop=drop, cut=2)
+    copy_real_ct_series(tmp_path / "s" / "sub", drop=drop, series_uid="1.2.826.0.1.3680043.2.1.9")
+    ct = read_source(tmp_path / "s")
+    mask = (ct.array > np.median(ct.array)).astype(np.uint8)
+    paths = write_concept_masks(mask, ct, "liver", tmp_path / "m", ["dicom-seg"], tmp_path / "s")
+    seg = hd.seg.segread(paths[0])
+    read = {pydicom.dcmread(p).SOPInstanceUID for i, p in enumerate(files) if i != 2}
+    assert {uid for _, _, uid in seg.get_source_image_uids()} == read
+    assert (seg.PatientSex, seg.PatientBirthDate, seg.AccessionNumber) == ("", "", "")

@@ -11,6 +11,8 @@ import pytest
 import SimpleITK as sitk
 from io_helpers import (
     PATIENT,
+    REAL_CT_SERIES,
+    copy_real_ct_series,
     oblique_direction,
     write_dicom_series,
     write_enhanced_ct,
@@ -19,7 +21,8 @@ from io_helpers import (
 from pydicom.data import get_testdata_file
 from pydicom.pixels import pixel_array
 
-from medsam3.io.read import ReadError, read_source
+from medsam3.io.dicom import misses_slices
+from medsam3.io.read import ReadError, dicom_files, read_source
 from medsam3.io.zarr_store import read_study, write_study
 from medsam3.pipeline.discover import discover
 
@@ -265,3 +268,27 @@ def test_no_identifiers_in_warnings_store_table_or_errors(tmp_path):
     for where, text in texts.items():
         leaked = [s for s in secrets if s in text]
         assert not leaked, f"{where} leaks {leaked}"
+
+
+def test_a_slice_cut_before_its_pixels_is_reported_and_flagged(tmp_path):
+    copy_real_ct_series(tmp_path / "s", cut=2)  # the middle slice of pydicom's real CT
+    (tmp_path / "s" / "notes.txt").write_text("scanner notes")
+    image = read_source(tmp_path / "s")
+    assert image.array.shape == (4, 16, 16)
+    assert image.warnings[0].startswith("ignored 1 image file(s) without pixel data (truncated?)")
+    assert any(w.startswith("ignored 1 non-DICOM file(s)") for w in image.warnings)
+    assert any(w.startswith("missing slices: 1 gap(s) up to 5 mm") for w in image.warnings)
+    assert misses_slices(image.warnings)
+    assert not misses_slices(read_source(REAL_CT_SERIES).warnings)
+    copy_real_ct_series(tmp_path / "last", cut=4)  # the last slice: no gap, still missing
+    assert misses_slices(read_source(tmp_path / "last").warnings)
+
+
+def test_the_dicom_files_of_a_source_are_those_the_reader_reads(tmp_path):
+    files = copy_real_ct_series(tmp_path / "s")
+    copy_real_ct_series(tmp_path / "s" / "sub", series_uid="1.2.826.0.1.3680043.2.1125.9")
+    (tmp_path / "s" / "notes.txt").write_text("x")
+    assert dicom_files(tmp_path / "s") == files  # top level only, DICOM only
+    (tmp_path / "l.dcmlist").write_text("".join(f"{p}\n" for p in files[:2]))
+    assert dicom_files(tmp_path / "l.dcmlist") == files[:2]
+    assert dicom_files(files[0]) == files[:1] and dicom_files(tmp_path / "s" / "notes.txt") == []

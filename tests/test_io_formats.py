@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import skimage
+from io_helpers import copy_real_ct_series
 from PIL import Image
 
 from medsam3.io.read import ReadError, read_source
@@ -75,6 +76,22 @@ def test_nifti_with_nans_raises(tmp_path):
     nib.save(nib.Nifti1Image(data, np.eye(4)), tmp_path / "nan.nii")
     with pytest.raises(ReadError, match="3 NaN"):
         read_source(tmp_path / "nan.nii")
+
+
+def test_zero_size_and_degenerate_volumes_are_refused(tmp_path):
+    """SimpleITK reads a NIfTI of shape (16, 16, 0) as one slice of zeros: refused instead."""
+    nib.save(nib.Nifti1Image(np.zeros((16, 16, 0), np.int16), np.eye(4)), tmp_path / "z.nii.gz")
+    with pytest.raises(ReadError, match=r"z.nii.gz: the NIfTI header gives shape \(16, 16, 0\)"):
+        read_source(tmp_path / "z.nii.gz")
+    (tmp_path / "z.mha").write_text(
+        "ObjectType = Image\nNDims = 3\nDimSize = 16 16 0\nElementType = MET_SHORT\n"
+        "ElementDataFile = LOCAL\n"
+    )
+    with pytest.raises(ReadError, match=r"z.mha: the image has no voxels \(shape \(0, 16, 16\)\)"):
+        read_source(tmp_path / "z.mha")
+    copy_real_ct_series(tmp_path / "flat", tags={"PixelSpacing": [0, 0]})
+    with pytest.raises(ReadError, match=r"flat: voxel spacing \(0.0, 0.0, 2.5\) is not positive"):
+        read_source(tmp_path / "flat")
 
 
 def test_real_pngs_and_jpeg_from_skimage():

@@ -7,13 +7,16 @@ from pathlib import Path
 import yaml
 from snakemake.utils import validate
 
-from medsam3.pipeline.cohort import Shard, Study, shard_studies
+from medsam3.pipeline.cohort import Shard, Study, StudyRef, shard_studies
 from medsam3.pipeline.layout import Layout
 from medsam3.pipeline.settings import (
+    DEMO_SALT,
     IngestSettings,
     JobResources,
     ReportSettings,
     SegmentSettings,
+    ground_truth_table,
+    run_warnings,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -25,15 +28,20 @@ def _validated(config: dict) -> dict:
     return config
 
 
-def test_study_and_shard_survive_rule_params():
-    studies = [Study(f"s{i}", f"/d/{i}.nii.gz", "ct" if i else None, ("liver",)) for i in range(5)]
-    shards = shard_studies(studies, 2)
+def test_study_references_and_shards_survive_rule_params_without_paths():
+    studies = [
+        Study(f"s{i}", f"/d/DOE_{i}.nii.gz", "ct" if i else None, ("liver",), row=i, source_key="k")
+        for i in range(5)
+    ]
+    refs = [s.ref() for s in studies]
+    shards = shard_studies(refs, 2)
     assert list(shards) == ["shard-0000", "shard-0001", "shard-0002"]
-    assert shards["shard-0002"].studies == (studies[4],)
+    assert shards["shard-0002"].studies == (refs[4],)
     for shard in shards.values():
         assert Shard.from_params(shard.to_params()) == shard
-    assert Study.from_params(studies[0].to_params()) == studies[0]
-    assert studies[1].source_only() == Study("s1", "/d/1.nii.gz", "ct", ())
+        assert "DOE" not in str(shard.to_params())
+    assert StudyRef.from_params(refs[0].to_params()) == refs[0]
+    assert refs[1].source_only().concepts == () and refs[1].source_stamp == "missing"
 
 
 def test_minimal_config_gets_its_defaults_from_the_schema():
@@ -76,3 +84,19 @@ def test_layout_gives_rule_patterns_and_job_paths_alike():
     assert layout.ingest_failures() != layout.table("failures")
     assert layout.log("segment", "{shard}") == Path("out/logs/segment/{shard}.log")
     assert layout.log("report") == Path("out/logs/report.log")
+
+
+def test_ground_truth_defaults_to_none_for_a_user_cohort_and_the_demo_setup_warns():
+    demo_gt = str(REPO / "resources" / "demo" / "ground_truth.csv")
+    assert ground_truth_table("auto", True, demo_gt) == demo_gt
+    assert ground_truth_table("auto", False, demo_gt) == ""
+    assert ground_truth_table("", True, demo_gt) == "" and ground_truth_table(None, False, "") == ""
+    assert ground_truth_table("/x/gt.csv", False, demo_gt) == "/x/gt.csv"
+    assert run_warnings(DEMO_SALT, True, demo_gt, demo_gt) == []
+    salt, truth = run_warnings(DEMO_SALT, False, demo_gt, demo_gt)
+    assert "public default 'medsam3-demo-salt'" in salt and "ground_truth is the demo" in truth
+    assert run_warnings("my-secret", False, "", demo_gt) == []
+    config = _validated(yaml.safe_load((REPO / "config.yaml").read_text(encoding="utf-8")))
+    assert config["ground_truth"] == "auto" and config["study_id_salt"] == DEMO_SALT
+    segment = SegmentSettings.from_config(config, (salt,))
+    assert SegmentSettings.from_params(segment.to_params()) == segment

@@ -109,9 +109,14 @@ def _tiny_workflow(root: Path) -> Path:
     return root
 
 
-def _snakemake(workdir: Path, *args: str, slurm: bool = True, timeout: int = 600):
+def _snakemake(
+    workdir: Path, *args: str, slurm: bool = True, timeout: int = 600, directory: bool = True
+):
+    """Run Snakemake from ``workdir`` (with ``-d workdir`` unless ``directory`` is False: the
+    main workflow then works in its outdir, as the README runs it)."""
     mode = ["--profile", str(PROFILE)] if slurm else ["--cores", "2"]
-    cmd = [sys.executable, "-m", "snakemake", "-d", str(workdir), *mode, *args]
+    where = ["-d", str(workdir)] if directory else []
+    cmd = [sys.executable, "-m", "snakemake", *where, *mode, *args]
     return subprocess.run(
         cmd, cwd=workdir, capture_output=True, encoding="utf-8", errors="replace", timeout=timeout
     )
@@ -137,6 +142,7 @@ def _files(root: Path) -> dict[str, bytes]:
 
 
 def _assert_went_through_slurm(res, workdir: Path, expected_jobs: int) -> dict[str, dict]:
+    """``workdir``: the folder Snakemake worked in (holding .snakemake/slurm_logs)."""
     log = res.stdout + res.stderr
     assert res.returncode == 0, log[-4000:]
     ids = SUBMITTED.findall(log)
@@ -306,15 +312,20 @@ def test_main_workflow_through_slurm_matches_local(tmp_path, slurm_cluster):
         work.mkdir()
         args = ["-s", str(REPO / "Snakefile"), "--config", f"cohort={cohort}"]
         args += [f"outdir={work / 'out'}", "ground_truth=", "shard_size=4"]
-        res = _snakemake(work, *args, slurm=mode == "slurm", timeout=1500)
+        res = _snakemake(work, *args, slurm=mode == "slurm", timeout=1500, directory=False)
         if mode == "slurm":  # 5 studies: 2 ingest groups of <= 3, 2 shards, 1 report
-            records = _assert_went_through_slurm(res, work, expected_jobs=5)
+            records = _assert_went_through_slurm(res, work / "out", expected_jobs=5)
             assert sum(r["Partition"] == "gpu" for r in records.values()) == 2, records
         assert res.returncode == 0, res.stderr[-3000:]
         outs[mode] = work / "out"
+    assert not (tmp_path / "slurm" / ".snakemake").exists()  # Snakemake's state is in out/
     skip = ("logs/", "parts/provenance/", "status/report.json", "reports/report.html")
     files = {
-        m: sorted(str(p.relative_to(o)) for p in o.rglob("*") if p.is_file())
+        m: sorted(
+            str(p.relative_to(o))
+            for p in o.rglob("*")
+            if p.is_file() and not str(p.relative_to(o)).startswith((".snakemake/", ".medsam3"))
+        )
         for m, o in outs.items()
     }
     assert files["slurm"] == files["local"]

@@ -5,12 +5,14 @@ from __future__ import annotations
 import numpy as np
 
 from medsam3.io.image import ImageInfo, MedImage
+from medsam3.pipeline.layout import Layout
 from medsam3.pipeline.status import (
     JobStatus,
     StudyStatus,
     failure_rows,
     hide_source_path,
     read_status,
+    run_summary,
     study_records,
     write_status,
 )
@@ -60,3 +62,44 @@ def test_source_paths_are_hidden_unless_allowed():
     msg = "ReadError: /data/DOE^JOHN/ct.nii.gz is truncated"
     assert "DOE" not in hide_source_path(msg, "/data/DOE^JOHN/ct.nii.gz")
     assert hide_source_path(msg, "/data/DOE^JOHN/ct.nii.gz", report_paths=True) == msg
+
+
+def test_a_folder_named_2_does_not_garble_the_message(tmp_path):
+    source = str(tmp_path / "2")
+    msg = f"{source}: found 2 DICOM series; run `medsam3 discover {source} -o cohort.csv`"
+    assert hide_source_path(msg, source) == (
+        "<source>: found 2 DICOM series; run `medsam3 discover <source> -o cohort.csv`"
+    )
+
+
+def test_files_a_dcmlist_names_are_hidden_with_it(tmp_path):
+    folder = tmp_path / "DOE JOHN PHI12345 19700101" / "CT ACC98765"
+    listing = tmp_path / "lists" / "s-1.dcmlist"
+    listing.parent.mkdir()
+    listing.write_text(f"{folder / 'IM1.dcm'}\n{folder / 'IM2.dcm'}\n")
+    msg = f"{listing}: 1 listed file(s) do not exist (first: {folder / 'IM2.dcm'}); rerun"
+    hidden = hide_source_path(msg, str(listing), outdir=str(tmp_path / "out"))
+    assert hidden == "<source>: 1 listed file(s) do not exist (first: <source>); rerun"
+    kept = f"No space left on device: '{tmp_path / 'out' / 'zarr'}'"
+    assert hide_source_path(kept, str(listing), outdir=str(tmp_path / "out")) == kept
+
+
+def test_the_run_summary_counts_studies_and_says_what_to_do(tmp_path):
+    layout = Layout(tmp_path)
+    ok = ImageInfo.of(MedImage(np.zeros((4, 5)), "image", (1, 1), (0, 0), (1, 0, 0, 1)))
+    warned = ImageInfo.of(
+        MedImage(np.zeros((4, 5)), "image", (1, 1), (0, 0), (1, 0, 0, 1), warnings=["w"])
+    )
+    for sid, record in {
+        "a": StudyStatus("a", "ingest", image=ok),
+        "b": StudyStatus("b", "ingest", image=warned),
+        "c": StudyStatus("c", "ingest", "failed", "truncated file"),
+    }.items():
+        write_status(layout.status("ingest", sid), JobStatus("ingest", sid, [record]))
+    shard = [StudyStatus("a", "segment"), StudyStatus("b", "segment", "failed", "no concepts")]
+    write_status(layout.status("segment", "shard-0000"), JobStatus("segment", "x", shard))
+    text = run_summary(layout, ["a", "b", "c", "d"], layout.table("failures"))
+    assert text.startswith("medsam3: 4 studies: 3 ingested, 1 segmented, 2 failed on their")
+    assert "1 not ingested yet; 1 with ingest warnings" in text and "failures.parquet" in text
+    stopped = run_summary(layout, ["a"], layout.table("failures"), stopped=True)
+    assert "Environment errors (disk full" in stopped and "run the same command again" in stopped

@@ -51,7 +51,7 @@ def _cohort(root, n_images: int):
 
 def _cmd(root, out, *extra):
     config = [f"cohort={root / 'cohort.csv'}", f"outdir={out}", "ground_truth=", "shard_size=1"]
-    return snakemake_cmd(root, "--config", *config, "export=[nifti,png,dicom-seg]", *extra)
+    return snakemake_cmd("--config", *config, "export=[nifti,png,dicom-seg]", *extra)
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +60,12 @@ def full_run(tmp_path_factory):
     _cohort(root, n_images=2)
     out = root / "out"
     proc = subprocess.run(
-        _cmd(root, out), capture_output=True, encoding="utf-8", errors="replace", timeout=1800
+        _cmd(root, out),
+        cwd=root,
+        capture_output=True,
+        encoding="utf-8",
+        errors="replace",
+        timeout=1800,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     return root, out
@@ -122,6 +127,7 @@ def test_sigkill_then_rerun_finishes_without_recomputing(tmp_path):
     out = root / "out"
     proc = subprocess.Popen(
         _cmd(root, out),
+        cwd=root,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,
@@ -133,9 +139,10 @@ def test_sigkill_then_rerun_finishes_without_recomputing(tmp_path):
     proc.wait()
     stored = _stored_labels(out)
     assert stored, "no study was segmented before the kill"
-    subprocess.run(_cmd(root, out, "--unlock"), capture_output=True, timeout=300)
+    subprocess.run(_cmd(root, out, "--unlock"), cwd=root, capture_output=True, timeout=300)
     rerun = subprocess.run(
         _cmd(root, out, "--rerun-incomplete"),
+        cwd=root,
         capture_output=True,
         encoding="utf-8",
         errors="replace",

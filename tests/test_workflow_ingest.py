@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import shutil
-import subprocess
 
 import numpy as np
 import pandas as pd
 import pytest
 import SimpleITK as sitk
-from conftest import snakemake_cmd
+from conftest import run_snakemake
 from PIL import Image
 
 from medsam3.io.zarr_store import read_study
@@ -59,13 +58,7 @@ def _make_cohort(root):
 
 
 def _snakemake(workdir, *args):
-    return subprocess.run(
-        snakemake_cmd(workdir, *args),
-        capture_output=True,
-        encoding="utf-8",
-        errors="replace",
-        timeout=600,
-    )
+    return run_snakemake(workdir, *args, timeout=600)
 
 
 @pytest.fixture(scope="module")

@@ -1,41 +1,116 @@
-# Shared Python for the rules: config and cohort validation, the output layout, typed params.
+# Shared Python for the rules: config and cohort validation, the output folder (working
+# directory, run lock, stale files), typed params, and the run's start and end messages.
+#
+# No source path reaches Snakemake: rule params and inputs hold study ids and references
+# (StudyRef), because Snakemake prints both and keeps them in .snakemake/; each job reads its
+# studies' paths from the validated cohort table. Snakemake's state (.snakemake: metadata,
+# locks, its run logs) lives in the output folder: `workdir:` below makes it the working
+# directory, after every configured path has been made absolute.
+import shutil
+from dataclasses import replace
 from pathlib import Path
 
+from snakemake.logging import logger
 from snakemake.utils import validate
 
 from medsam3.pipeline.cohort import load_cohort, read_table, shard_studies
 from medsam3.pipeline.layout import Layout
+from medsam3.pipeline.outdir import check_outdir, lock_outdir, remove_stale_files
 from medsam3.pipeline.settings import (
     IngestSettings,
     JobResources,
     ReportSettings,
     SegmentSettings,
+    ground_truth_table,
+    run_warnings,
 )
+from medsam3.pipeline.status import run_summary
 
 # Fills every optional key with its schema default: the defaults live in the schema only.
 validate(config, "../schemas/config.schema.yaml", set_default=True)
 
-LAYOUT = Layout(config["outdir"])
-DEMO_DATA = Path(workflow.basedir, "resources", "demo", "data").resolve()
+DEMO = Path(workflow.basedir, "resources", "demo").resolve()
+DEMO_DATA = DEMO / "data"
 STUDY_WILDCARD = "[A-Za-z0-9][A-Za-z0-9._-]*"
 
 
 def workflow_path(path):
-    """A config path as given (relative to the working directory), else relative to the repo."""
-    if not path or Path(path).exists():
-        return path
+    """A config path as an absolute path: as given (relative to the launch folder), else
+    relative to the repository; "" stays ""."""
+    if not path:
+        return ""
     in_repo = Path(workflow.basedir, path)
-    return str(in_repo) if in_repo.exists() else path
+    if not Path(path).exists() and in_repo.exists():
+        return str(in_repo.resolve())
+    return str(Path(path).expanduser().absolute())
 
 
-COHORT = workflow_path(config["cohort"])
-GROUND_TRUTH = workflow_path(config["ground_truth"] or "")
-validate(read_table(COHORT), "../schemas/cohort.schema.yaml")
-STUDIES = {s.study_id: s for s in load_cohort(COHORT, config["study_id_salt"])}
-SHARDS = shard_studies(list(STUDIES.values()), config["shard_size"])
+def is_demo(study):
+    """True for a study of the embedded demo cohort (built by rule demo_data)."""
+    return DEMO_DATA in Path(study.path).parents
+
+
+def move_snakemake_log(state):
+    """Move Snakemake's run log into the outdir's .snakemake/log.
+
+    Snakemake opens it in the launch folder before reading the Snakefile, so `workdir:` alone
+    leaves .snakemake/log/ there; the log moves under the output folder with the rest of
+    Snakemake's state, and the launch folder's emptied .snakemake/ is removed.
+    """
+    handlers = getattr(workflow.logger_manager, "logfile_handlers", {})
+    for handler, old in list(handlers.items()):
+        new = Path(state, "log", Path(old).name)
+        if Path(old).resolve() == new.resolve():
+            continue
+        new.parent.mkdir(parents=True, exist_ok=True)
+        handler.acquire()
+        try:
+            handler.close()
+            shutil.move(old, new)
+            handler.baseFilename = str(new)
+            handler.stream = handler._open()
+        finally:
+            handler.release()
+        handlers[handler] = str(new)
+        for folder in (Path(old).parent, Path(old).parent.parent):
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
+
+
+config["outdir"] = str(check_outdir(config["outdir"]))
+LAYOUT = Layout(config["outdir"])
+if workflow.is_main_process:  # not in the jobs a cluster runs, which read this file too
+    RUN_LOCK = lock_outdir(LAYOUT)  # held until this process ends
+    move_snakemake_log(LAYOUT.snakemake_state())
+    remove_stale_files(LAYOUT)
+config["cohort"] = workflow_path(config["cohort"])
+for key in ("checkpoint", "lora"):
+    config["model"][key] = workflow_path(config["model"][key])
+DEMO_COHORT = Path(config["cohort"]).resolve() == DEMO / "cohort.csv"
+GROUND_TRUTH = workflow_path(
+    ground_truth_table(
+        config["ground_truth"], DEMO_COHORT, str(DEMO / "ground_truth.csv")
+    )
+)
+RUN_WARNINGS = run_warnings(
+    config["study_id_salt"], DEMO_COHORT, GROUND_TRUTH, str(DEMO / "ground_truth.csv")
+)
+validate(read_table(config["cohort"]), "../schemas/cohort.schema.yaml")
+STUDIES = {
+    s.study_id: s for s in load_cohort(config["cohort"], config["study_id_salt"])
+}
+REFS = {
+    # the demo sources appear when demo_data builds them: their time is not a change
+    sid: replace(s.ref(), source_stamp="demo") if is_demo(s) else s.ref()
+    for sid, s in STUDIES.items()
+}
+SHARDS = shard_studies(list(REFS.values()), config["shard_size"])
 INGEST_SETTINGS = IngestSettings.from_config(config)
-SEGMENT_SETTINGS = SegmentSettings.from_config(config)
+SEGMENT_SETTINGS = SegmentSettings.from_config(config, tuple(RUN_WARNINGS))
 REPORT_SETTINGS = ReportSettings.from_config(config, GROUND_TRUTH)
+
+
+workdir: config["outdir"]
 
 
 wildcard_constraints:
@@ -50,16 +125,15 @@ def rule_resources(group):
 
 
 def get_ingest_input(wildcards):
-    """The study's source (so edits trigger re-ingest), or the demo builder for demo data."""
-    source = Path(STUDIES[wildcards.study].path)
-    if DEMO_DATA in source.parents:
-        return {"demo": str(DEMO_DATA)}
-    return {"source": str(source)} if source.exists() else {}
+    """The demo builder for demo data; no input otherwise (a source path is never an input:
+    Snakemake would print it; its size and time are in the params instead)."""
+    return {"demo": str(DEMO_DATA)} if is_demo(STUDIES[wildcards.study]) else {}
 
 
 def get_ingest_study(wildcards):
-    """The study as ingest params: its source only (editing concepts re-runs segmentation)."""
-    return STUDIES[wildcards.study].source_only().to_params()
+    """The study as ingest params: its reference without concepts (editing concepts re-runs
+    segmentation but not ingest, which would rewrite the store and drop its masks)."""
+    return REFS[wildcards.study].source_only().to_params()
 
 
 def get_ingest_statuses(wildcards=None):
@@ -78,9 +152,30 @@ def get_shard_ingest_statuses(wildcards):
 
 
 def get_shard(wildcards):
-    """The shard's cohort rows as params (a change re-runs only this shard)."""
+    """The shard's study references as params (a change re-runs only this shard)."""
     return SHARDS[wildcards.shard].to_params()
 
 
 def get_segment_statuses(wildcards=None):
     return [LAYOUT.status("segment", shard) for shard in SHARDS]
+
+
+def summary(stopped=False):
+    """What the run did, from the status files (the failures table the run wrote last)."""
+    tables = [LAYOUT.table("failures"), LAYOUT.ingest_failures()]
+    written = [t for t in tables if t.is_file()] or tables
+    failures = max(written, key=lambda t: t.stat().st_mtime if t.is_file() else 0)
+    return run_summary(LAYOUT, list(STUDIES), failures, stopped=stopped)
+
+
+onstart:
+    for warning in RUN_WARNINGS:
+        logger.warning(f"medsam3 warning: {warning}")
+
+
+onsuccess:
+    logger.info(summary())
+
+
+onerror:
+    logger.error(summary(stopped=True))

@@ -22,8 +22,15 @@ from PIL import Image
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-from medsam3.io.common import ReadError, bytes_digest, combine_digests, scrub_identifiers
+from medsam3.io.common import (
+    ReadError,
+    bytes_digest,
+    combine_digests,
+    environment_cause,
+    scrub_identifiers,
+)
 from medsam3.io.dicom_geometry import (
+    MISSING_SLICES,
     plane_from_single,
     planes_from_enhanced,
     rescale,
@@ -43,6 +50,7 @@ VIDEO_CODES = {"US", "IVUS", "ES", "XA", "RF", "XC", "GM"}
 TIMING_TAGS = ("FrameTime", "FrameTimeVector", "CineRate", "RecommendedDisplayFrameRate")
 DICOM_SUFFIXES = {".dcm", ".dicom", ".ima"}
 PIXEL_TAGS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+TRUNCATED_SLICES = "image file(s) without pixel data"  # in the warning of read_dicom
 
 
 def is_dicom_file(path: Path) -> bool:
@@ -53,7 +61,9 @@ def is_dicom_file(path: Path) -> bool:
     try:
         with open(path, "rb") as fh:
             head = fh.read(132)
-    except OSError:
+    except OSError as exc:
+        if environment_cause(exc):  # an I/O or permission error must not drop a slice
+            raise
         return False
     return head[128:132] == b"DICM" or (path.suffix.lower() in DICOM_SUFFIXES and len(head) > 0)
 
@@ -87,6 +97,17 @@ def load_dataset(path: Path, header_only: bool = False) -> tuple[Dataset, str]:
     if "SOPClassUID" not in ds and "Rows" not in ds and meta_class is None:
         raise ReadError(f"{path}: not a DICOM file (no SOP class, no image size); remove it")
     return ds, bytes_digest(data)
+
+
+def misses_slices(warnings: list[str] | tuple[str, ...]) -> bool:
+    """True when a series' reader warnings say that slices are missing: a gap along the slice
+    normal (``dicom_geometry.spacing_warnings``) or image files without pixel data."""
+    return any(w.startswith(MISSING_SLICES) or TRUNCATED_SLICES in w for w in warnings)
+
+
+def has_pixel_data(ds: Dataset) -> bool:
+    """True when a dataset holds pixel data (an image, not a DICOMDIR or a report)."""
+    return any(t in ds for t in PIXEL_TAGS)
 
 
 def series_key(ds: Dataset) -> tuple[str, str]:
@@ -272,7 +293,7 @@ def read_dicom(paths: list[Path], where: str, ignored: int = 0) -> MedImage:
     Raises:
         ReadError: unreadable files, several series, inconsistent slices.
     """
-    loaded, skipped = _load_images(paths, where)
+    loaded, skipped, truncated = _load_images(paths, where)
     keys = {series_key(ds) for ds, _ in loaded}
     if len(keys) > 1:
         raise ReadError(
@@ -284,10 +305,16 @@ def read_dicom(paths: list[Path], where: str, ignored: int = 0) -> MedImage:
         kind, fields = read_single(first, where)
     else:
         kind, fields = "volume", _read_stack(loaded, where)
-    parts = [f"{n} {what}" for n, what in ((ignored, "non-DICOM"), (skipped, "non-image DICOM"))]
+    kinds = ((ignored, "non-DICOM"), (skipped, "non-image DICOM"))
     if ignored or skipped:
-        listed = " and ".join(p for p in parts if not p.startswith("0 "))
+        listed = " and ".join(f"{n} {what}" for n, what in kinds if n)
         fields["warnings"].insert(0, f"ignored {listed} file(s) in the series folder")
+    if truncated:
+        fields["warnings"].insert(
+            0,
+            f"ignored {truncated} {TRUNCATED_SLICES} (truncated?); the series misses those "
+            "slices: re-export it",
+        )
     modality = map_modality(first.get("Modality"))
     return MedImage(
         kind=kind,
@@ -298,19 +325,22 @@ def read_dicom(paths: list[Path], where: str, ignored: int = 0) -> MedImage:
     )
 
 
-def _load_images(paths: list[Path], where: str) -> tuple[list[tuple[Dataset, str]], int]:
-    """Load every file; drop DICOM files without pixel data (DICOMDIR, reports).
+def _load_images(paths: list[Path], where: str) -> tuple[list[tuple[Dataset, str]], int, int]:
+    """Load every file; drop DICOM files without pixel data.
 
     Returns:
-        ([(dataset, digest)] of image files, number of non-image DICOM files dropped).
+        ([(dataset, digest)] of image files, number of non-image DICOM files dropped
+        (DICOMDIR, reports), number of image files (with Rows) without pixel data dropped:
+        truncated slices).
     """
     workers = min(4, os.cpu_count() or 1, len(paths))
     with ThreadPoolExecutor(max_workers=workers) as pool:  # file reads and hashing overlap
         loaded = list(pool.map(load_dataset, paths))
-    images = [(ds, d) for ds, d in loaded if any(t in ds for t in PIXEL_TAGS)]
+    images = [(ds, d) for ds, d in loaded if has_pixel_data(ds)]
     if not images:
         raise ReadError(f"{where}: no DICOM file with pixel data; point to an image series")
-    return images, len(loaded) - len(images)
+    truncated = sum(1 for ds, _ in loaded if not has_pixel_data(ds) and "Rows" in ds)
+    return images, len(loaded) - len(images) - truncated, truncated
 
 
 def _read_stack(loaded: list[tuple[Dataset, str]], where: str) -> dict:

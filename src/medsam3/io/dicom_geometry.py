@@ -19,6 +19,8 @@ from pydicom.dataset import Dataset
 
 from medsam3.io.common import ReadError
 
+MISSING_SLICES = "missing slices"  # the start of the warning of spacing_warnings
+
 
 @dataclass
 class Plane:
@@ -156,7 +158,7 @@ def spacing_warnings(gaps: np.ndarray) -> list[str]:
     if missing.any():
         n_missing = int(np.sum(np.round(gaps[missing] / med) - 1))
         out.append(
-            f"missing slices: {int(missing.sum())} gap(s) up to {gaps.max():.3g} mm where the "
+            f"{MISSING_SLICES}: {int(missing.sum())} gap(s) up to {gaps.max():.3g} mm where the "
             f"median spacing is {med:.3g} mm (about {n_missing} slice(s) absent); voxel "
             "positions use the mean spacing, so resample or re-export the complete series"
         )

@@ -13,7 +13,13 @@ import numpy as np
 import SimpleITK as sitk
 from PIL import Image, UnidentifiedImageError
 
-from medsam3.io.common import MAX_PIXELS_2D, ReadError, check_finite, scrub_identifiers
+from medsam3.io.common import (
+    MAX_PIXELS_2D,
+    ReadError,
+    check_finite,
+    environment_cause,
+    scrub_identifiers,
+)
 from medsam3.io.image import MedImage
 
 SITK_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
@@ -39,8 +45,10 @@ def read_sitk(path: Path) -> MedImage:
         channel axis; spacing/origin/direction as SimpleITK reports them (LPS, x-y-z order).
 
     Raises:
-        ReadError: unreadable file, or a 4D / 1D image.
+        ReadError: unreadable file, a 4D / 1D image, or a NIfTI header with a zero-size axis.
     """
+    if suffix_of(path) in (".nii", ".nii.gz"):
+        _check_nifti_shape(path)
     try:
         img = sitk.ReadImage(str(path))
     except RuntimeError as exc:
@@ -57,6 +65,25 @@ def read_sitk(path: Path) -> MedImage:
     if suffix_of(path) in (".nii", ".nii.gz") and "float" in img.GetPixelIDTypeAsString():
         _check_nifti_nans(path)
     return MedImage.from_sitk(img, kind="volume" if dim == 3 else "image")
+
+
+def _check_nifti_shape(path: Path) -> None:
+    """Raise ReadError for a NIfTI whose header gives an axis of size 0.
+
+    SimpleITK reads such a file as one slice of zeros, so the header is read with nibabel first.
+    """
+    import nibabel as nib
+
+    try:
+        shape = nib.load(path).shape
+    except Exception as exc:  # noqa: BLE001 - unreadable headers are SimpleITK's to report
+        if environment_cause(exc):
+            raise
+        return
+    if 0 in shape:
+        raise ReadError(
+            f"{path}: the NIfTI header gives shape {shape}, with no voxels; re-export it"
+        )
 
 
 def _check_nifti_nans(path: Path) -> None:

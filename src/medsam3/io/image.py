@@ -25,6 +25,9 @@ class MedImage:
         units: intensity units ("HU" for CT), or None.
         warnings: reader warnings (irregular spacing, gantry tilt, ...), free of identifiers.
         source_digest: sha256 over the source file bytes.
+        modality_source: where ``modality`` came from: "dicom" (the header), "cohort" (given
+            by the caller, e.g. the cohort table), "guess" (``io.read.guess_modality``) or
+            "model" (recognised by a segmentation model); None when not recorded.
     """
 
     array: np.ndarray
@@ -37,6 +40,7 @@ class MedImage:
     units: str | None = None
     warnings: list[str] = field(default_factory=list)
     source_digest: str = ""
+    modality_source: str | None = None
 
     @property
     def is_rgb(self) -> bool:
@@ -87,6 +91,7 @@ class ImageInfo:
     units: str | None = None
     source_digest: str = ""
     warnings: tuple[str, ...] = ()
+    modality_source: str | None = None
 
     @classmethod
     def of(cls, image: MedImage) -> ImageInfo:
@@ -102,6 +107,7 @@ class ImageInfo:
             units=image.units,
             source_digest=image.source_digest,
             warnings=tuple(image.warnings),
+            modality_source=image.modality_source,
         )
 
     @classmethod

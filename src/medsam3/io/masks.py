@@ -27,15 +27,28 @@ from pydicom.sr.codedict import codes
 from medsam3._version import __version__
 from medsam3.io.atomic import atomic_path
 from medsam3.io.common import concept_slug
-from medsam3.io.dicom import is_dicom_file
+from medsam3.io.dicom import has_pixel_data
 from medsam3.io.dicom_geometry import order_along_normal
 from medsam3.io.image import MedImage
-from medsam3.io.read import read_dcmlist
+from medsam3.io.read import dicom_files
 from medsam3.types import PathLikeStr
 
 MASK_FORMATS = ("nifti", "png", "dicom-seg")
 
 _ABNORMAL = {"Neoplasm", "Tumor", "Lesion", "Nodule", "Mass", "Cyst", "Polyp", "Calculus"}
+# Type 2 attributes of the patient and study modules that highdicom copies from the source:
+# they must be present, and may be empty, so a source that omits one gets an empty value.
+_TYPE2_COPIED = (
+    "PatientID",
+    "PatientName",
+    "PatientBirthDate",
+    "PatientSex",
+    "AccessionNumber",
+    "StudyID",
+    "StudyDate",
+    "StudyTime",
+    "ReferringPhysicianName",
+)
 
 
 def _check_mask(mask: np.ndarray, shape: tuple[int, ...], what: str) -> np.ndarray:
@@ -184,8 +197,19 @@ def sort_along_normal(datasets: list) -> list:
 
 
 def _read_sources(source_files: list[Path], mask_shape: tuple[int, ...]) -> list:
-    """Read the source series, check it matches the mask and return it in volume order."""
+    """Read the source series, check it matches the mask and return it in volume order.
+
+    Files without pixel data are left out, as the series reader leaves them out; a Type 2
+    attribute that highdicom copies (``_TYPE2_COPIED``) and a source omits is set empty.
+    """
     datasets = [pydicom.dcmread(str(p)) for p in source_files]
+    datasets = [ds for ds in datasets if has_pixel_data(ds)]
+    for ds in datasets:
+        for keyword in _TYPE2_COPIED:
+            if keyword not in ds:
+                setattr(ds, keyword, "")
+    if not datasets:
+        raise ValueError("none of the source files holds pixel data; pass the image series")
     if any(int(ds.get("NumberOfFrames", 1) or 1) > 1 for ds in datasets):
         raise ValueError(
             "DICOM-SEG export supports series of single-frame slices only; "
@@ -271,23 +295,6 @@ def export_dicom_seg(
     return Path(path)
 
 
-def dicom_source_files(source: PathLikeStr) -> list[Path]:
-    """The DICOM files of a study's source, for DICOM-SEG references.
-
-    Args:
-        source: the cohort path: a ``.dcmlist``, a series folder or one DICOM file.
-
-    Returns:
-        The DICOM files (sorted paths for a folder); [] when the source is not DICOM.
-    """
-    source = Path(source)
-    if source.suffix == ".dcmlist":
-        return read_dcmlist(source)
-    if source.is_dir():
-        return sorted(p for p in source.rglob("*") if p.is_file() and is_dicom_file(p))
-    return [source] if is_dicom_file(source) else []
-
-
 def write_concept_masks(
     label: np.ndarray,
     image: MedImage,
@@ -326,7 +333,7 @@ def write_concept_masks(
         fmt = "png" if "png" in formats else "nifti"
         written += export_video_masks(label, image, base / slug, fmt=fmt)
     if image.kind == "volume" and "dicom-seg" in formats and source is not None:
-        sources = dicom_source_files(source)
+        sources = dicom_files(source)
         if sources:
             path, binary = base / f"{slug}.dcm", label > 0
             written.append(export_dicom_seg(binary, sources, concept, path, algorithm, __version__))

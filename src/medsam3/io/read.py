@@ -16,6 +16,7 @@ import numpy as np
 from medsam3.io.common import (
     ReadError,
     check_exists,
+    check_extent,
     check_finite,
     combine_digests,
     file_digest,
@@ -26,7 +27,14 @@ from medsam3.io.image import MedImage
 from medsam3.io.video import VIDEO_SUFFIXES, read_frame_folder, read_video
 from medsam3.types import PathLikeStr
 
-__all__ = ["ReadError", "read_source", "read_dcmlist", "guess_modality", "SUPPORTED_SUFFIXES"]
+__all__ = [
+    "ReadError",
+    "read_source",
+    "read_dcmlist",
+    "dicom_files",
+    "guess_modality",
+    "SUPPORTED_SUFFIXES",
+]
 
 SUPPORTED_SUFFIXES = (".dcm", ".dcmlist", *SITK_SUFFIXES, *IMAGE_SUFFIXES, *sorted(VIDEO_SUFFIXES))
 
@@ -44,12 +52,13 @@ def read_source(path: PathLikeStr, modality: str | None = None) -> MedImage:
     Returns:
         MedImage in SimpleITK voxel order ((z, y, x) volume, (t, y, x[, 3]) video, (y, x[, 3])
         image) with spacing/origin/direction in SimpleITK (x, y, z) LPS convention, modality,
-        units ("HU" for CT volumes with signed or float voxels), frame_rate (video), warnings
-        and source_digest (sha256 over the source files' bytes: one file's digest, or a digest
-        of the sorted per-file digests).
+        units ("HU" for CT volumes with signed or float voxels), frame_rate (video), warnings,
+        source_digest (sha256 over the source files' bytes: one file's digest, or a digest
+        of the sorted per-file digests) and modality_source ("dicom", "cohort" or "guess").
 
     Raises:
-        ReadError: missing/empty/corrupt input, several series, NaN voxels, unknown format.
+        ReadError: missing/empty/corrupt input, several series, no voxels (a zero-size axis),
+            spacing that is not positive, NaN voxels, unknown format.
     """
     path = Path(path)
     check_exists(path)
@@ -59,9 +68,32 @@ def read_source(path: PathLikeStr, modality: str | None = None) -> MedImage:
         image = read_dicom(read_dcmlist(path), str(path))
     else:
         image = _read_file(path)
+    check_extent(image.spatial_shape, image.spacing, str(path))
     check_finite(image.array, str(path))
     _fill_modality(image, modality)
     return image
+
+
+def dicom_files(path: PathLikeStr) -> list[Path]:
+    """The DICOM files that :func:`read_source` reads for a source, in sorted order.
+
+    DICOM-SEG export references exactly these (its source series is the one that was read).
+
+    Args:
+        path: a series folder (top level only: subfolders are not read), a ``.dcmlist`` or
+            one file.
+
+    Returns:
+        The DICOM files by content (non-DICOM files of a folder left out); [] for a source
+        that is not DICOM. Files without pixel data (DICOMDIR, reports) are still listed: the
+        reader drops them after reading their headers.
+    """
+    path = Path(path)
+    if path.is_dir():
+        return [p for p in sorted(path.iterdir()) if p.is_file() and is_dicom_file(p)]
+    if suffix_of(path) == ".dcmlist":
+        return read_dcmlist(path)
+    return [path] if path.is_file() and is_dicom_file(path) else []
 
 
 def read_dcmlist(path: Path) -> list[Path]:
@@ -94,7 +126,7 @@ def _read_folder(folder: Path) -> MedImage:
     """Read the DICOM series in ``folder`` (top level only), skipping non-DICOM files; a folder
     without DICOM files but with 2D images is read as the frames of one video."""
     files = sorted(p for p in folder.iterdir() if p.is_file())
-    dicom = [p for p in files if is_dicom_file(p)]
+    dicom = dicom_files(folder)
     frames = [p for p in files if suffix_of(p) in IMAGE_SUFFIXES]
     if not dicom and frames:
         return read_frame_folder(folder, frames)
@@ -161,19 +193,22 @@ def _looks_grey(arr: np.ndarray) -> bool:
 
 
 def _fill_modality(image: MedImage, modality: str | None) -> None:
-    """Set modality (DICOM tag > argument > guess) and CT units, recording warnings."""
+    """Set modality (DICOM tag > argument > guess), its source and CT units, recording
+    warnings."""
     given = None  # non-strings (e.g. NaN from an empty CSV cell) count as not given
     if isinstance(modality, str) and modality.strip():
         given = map_modality(modality) or modality.strip().lower()
-    if image.modality and given and given != image.modality:
-        image.warnings.append(
-            f"modality {given!r} given but the DICOM header says {image.modality!r}; "
-            "using the header"
-        )
-    elif not image.modality and given:
-        image.modality = given
-    elif not image.modality:
-        image.modality = guess_modality(image)
+    if image.modality:
+        image.modality_source = "dicom"
+        if given and given != image.modality:
+            image.warnings.append(
+                f"modality {given!r} given but the DICOM header says {image.modality!r}; "
+                "using the header"
+            )
+    elif given:
+        image.modality, image.modality_source = given, "cohort"
+    else:
+        image.modality, image.modality_source = guess_modality(image), "guess"
         image.warnings.append(
             f"modality guessed as {image.modality!r}; set the cohort table's modality column "
             "to override"

@@ -3,7 +3,7 @@
 Layout of ``<study>.zarr``::
 
     zarr.json          root group; attributes: spacing, origin, direction (SimpleITK x-y-z),
-                       modality, kind, frame_rate, units, source_digest, warnings,
+                       modality, modality_source, kind, frame_rate, units, source_digest, warnings,
                        medsam3_version, medsam3_complete, plus the caller's attributes
     image/             the voxels in SimpleITK order ((z, y, x), (t, y, x[, c]) or (y, x[, c]))
     labels/<name>/     label arrays with the image's spatial shape and chunking
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import uuid
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +25,8 @@ import zarr
 from zarr.codecs import BloscCodec, BloscShuffle
 
 from medsam3._version import __version__
-from medsam3.io.common import ReadError
+from medsam3.io.atomic import temporary_name
+from medsam3.io.common import ReadError, environment_cause
 from medsam3.io.image import MedImage
 from medsam3.types import PathLikeStr
 
@@ -34,7 +34,16 @@ SHARD_SLICES = 64
 TILE = 512
 BIG_2D = 2048  # 2D images with a side above this are tiled
 COMPLETE = "medsam3_complete"
-_META = ("spacing", "origin", "direction", "modality", "kind", "frame_rate", "units")
+_META = (
+    "spacing",
+    "origin",
+    "direction",
+    "modality",
+    "modality_source",
+    "kind",
+    "frame_rate",
+    "units",
+)
 
 
 def compressor() -> BloscCodec:
@@ -102,7 +111,7 @@ def _swap_into_place(tmp: Path, final: Path) -> None:
     """Rename ``tmp`` to ``final``; an existing ``final`` is moved aside first, then removed."""
     old = None
     if final.exists():
-        old = final.with_name(f".{final.name}.old-{uuid.uuid4().hex[:8]}")
+        old = _tmp_sibling(final, "old")
         os.rename(final, old)
     os.rename(tmp, final)
     if old is not None:
@@ -110,8 +119,8 @@ def _swap_into_place(tmp: Path, final: Path) -> None:
 
 
 def _tmp_sibling(final: Path, tag: str = "tmp") -> Path:
-    """A hidden, unique sibling path of ``final`` for staging a write."""
-    return final.with_name(f".{final.name}.{tag}-{uuid.uuid4().hex[:8]}")
+    """A hidden, unique sibling path of ``final`` for staging a write (``io.atomic`` names)."""
+    return temporary_name(final, tag, keep_suffix=False)
 
 
 def write_study(store_path: PathLikeStr, image: MedImage, attrs: dict | None = None) -> Path:
@@ -162,7 +171,9 @@ def is_complete(store_path: PathLikeStr) -> bool:
         return False
     try:
         root = zarr.open_group(str(path), mode="r")
-    except Exception:
+    except Exception as exc:
+        if environment_cause(exc):  # a failing disk is not an incomplete store
+            raise
         return False
     return bool(root.attrs.get(COMPLETE, False))
 
@@ -200,6 +211,7 @@ def read_study(store_path: PathLikeStr) -> MedImage:
         units=attrs.get("units"),
         warnings=list(attrs.get("warnings", [])),
         source_digest=attrs.get("source_digest", ""),
+        modality_source=attrs.get("modality_source"),
     )
 
 
@@ -238,7 +250,7 @@ def write_label(store_path: PathLikeStr, name: str, array: np.ndarray, attrs: di
     if not (labels / "zarr.json").is_file():
         zarr.open_group(str(store_path), mode="r+").require_group("labels")
     final = labels / name
-    tmp = labels / f".tmp-{name}-{uuid.uuid4().hex[:8]}"
+    tmp = _tmp_sibling(final)
     try:
         _write_array(tmp, data, kind, attrs)
         _swap_into_place(tmp, final)

@@ -4,10 +4,15 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from medsam3.models.inputs import InputError
 from medsam3.types import Kind
+
+if TYPE_CHECKING:
+    from medsam3.models.modality import ModalityGuess
 
 
 @dataclass
@@ -66,11 +71,26 @@ def mask_box(mask: np.ndarray) -> tuple[int, ...]:
 class Segmenter(ABC):
     """A text-promptable concept segmenter.
 
-    Subclasses set ``name`` and ``checkpoint_digest`` and implement :meth:`segment`.
+    Subclasses set ``name`` and ``checkpoint_digest`` and implement :meth:`segment`; a backend
+    that can name an image's modality overrides :meth:`recognise_modality`.
     """
 
     name: str = "base"
     checkpoint_digest: str = ""
+
+    def recognise_modality(self, array: np.ndarray) -> ModalityGuess:
+        """The modality an image shows, for backends with a modality classifier.
+
+        Args:
+            array: (y, x[, c]) image, (z, y, x) volume or (t, y, x[, c]) video.
+
+        Returns:
+            The recognised modality and its probability.
+
+        Raises:
+            InputError: this backend (or its checkpoint) has no modality classifier.
+        """
+        raise InputError(f"the {self.name} backend has no modality classifier")
 
     @abstractmethod
     def segment(

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from medsam3.io.atomic import write_json_atomic
-from medsam3.io.common import concept_slug
+from medsam3.io.common import concept_slug, environment_cause, scrub_paths
 from medsam3.io.zarr_store import read_label, read_study
 from medsam3.models.preprocess import to_uint8_rgb
 from medsam3.pipeline.cluster import dask_client
@@ -61,8 +61,16 @@ def studies_rows(ingest: list[StudyStatus], segment: list[StudyStatus]) -> list[
         failed = rec.status != "ok" or (done is not None and done.status == "failed")
         status = "failed" if failed else ("ok" if done else "ingested")
         error = rec.error or (done.error if done else None)
-        rows.append(study_row(rec.study_id, status, error, rec.image))
+        rows.append(study_row(rec.study_id, status, error, rec.image, _modality(done)))
     return rows
+
+
+def _modality(record: StudyStatus | None) -> dict | None:
+    """The modality columns a segment record settled (None without a record)."""
+    if record is None:
+        return None
+    keys = ("modality", "modality_source", "modality_predicted", "modality_confidence")
+    return {k: getattr(record, k) for k in keys}
 
 
 def metrics_for(truth: dict, outdir: str, tolerance_mm: float) -> dict:
@@ -89,7 +97,10 @@ def metrics_for(truth: dict, outdir: str, tolerance_mm: float) -> dict:
         row = metrics_row(sid, concept, values, attrs["presence"], PRESENCE_THRESHOLD, tolerance_mm)
         return {"row": row}
     except Exception as exc:  # noqa: BLE001 - recorded in failures.parquet
-        return {"failure": failure_row(sid, "metrics", exc)}
+        if environment_cause(exc):  # fails the report job: it is redone by the next run
+            raise
+        message = scrub_paths(f"{type(exc).__name__}: {exc}", keep=[outdir])
+        return {"failure": failure_row(sid, "metrics", message)}
 
 
 def _metrics(settings: ReportSettings) -> tuple[list[dict], list[dict]]:

@@ -1,31 +1,39 @@
 """Sharded cohort inference: one job segments a shard of studies with one loaded model.
 
-For each study of the shard: read its Zarr store, resolve its concepts, skip concepts whose
-label already exists for this backend and checkpoint (resume after a killed job), segment the
-rest with the image encoded once, store masks under ``labels/<concept_slug>`` (uint8 instance
-ids 1..n, 0 background; above 255 instances a 0/1 mask with ``encoding: binary``), export them,
-and write the study's segments rows to its part (``Layout.segments_part``).
-A failing study is recorded in the shard status and the shard goes on.
+For each study of the shard: read its Zarr store, settle its modality (a modality that ingest
+only guessed is asked of the model when it has a modality classifier), resolve its concepts,
+skip concepts whose label already holds the same exact phrase for this backend and checkpoint
+(resume after a killed job), segment the rest with the image encoded once, store masks under
+``labels/<concept_slug>`` (uint8 instance ids 1..n, 0 background; above 255 instances a 0/1
+mask with ``encoding: binary``), export them, and write the study's segments rows to its part
+(``Layout.segments_part``).
+A study that fails on its input is recorded in the shard status and the shard goes on; an
+environment error (disk full, read-only folder, I/O, memory) fails the job instead.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+import traceback
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
 
-from medsam3.io.common import concept_slug
+from medsam3.io.common import EnvironmentFailure, concept_slug, environment_cause
+from medsam3.io.dicom import misses_slices
 from medsam3.io.image import MedImage
 from medsam3.io.masks import write_concept_masks
 from medsam3.io.zarr_store import list_labels, read_label, read_label_attrs, read_study, write_label
 from medsam3.models.base import ConceptResult, Segmenter
 from medsam3.models.build import load_model, resolve_device
 from medsam3.models.concepts import log_unknown_phrases
+from medsam3.models.inputs import InputError
 from medsam3.models.orientation import segment_in_display_order
-from medsam3.pipeline.cohort import Shard, Study, concepts_for
+from medsam3.pipeline.cohort import Study, concepts_for
+from medsam3.pipeline.outdir import remove_stale_study_files
 from medsam3.pipeline.settings import ModelSettings, SegmentSettings
 from medsam3.pipeline.status import (
     JobStatus,
@@ -61,17 +69,58 @@ def instance_label(result: ConceptResult) -> tuple[np.ndarray, str]:
 
 
 def _done_concepts(store: Path, concepts: list[str], model: Segmenter) -> set[str]:
+    """Phrases whose label holds this exact phrase, from this backend and checkpoint."""
     existing = set(list_labels(store))
     done = set()
     for phrase in concepts:
         if concept_slug(phrase) in existing:
             attrs = read_label_attrs(store, concept_slug(phrase))
             if (
-                attrs.get("backend") == model.name
+                attrs.get("concept") == phrase
+                and attrs.get("backend") == model.name
                 and attrs.get("checkpoint_digest") == model.checkpoint_digest
             ):
                 done.add(phrase)
     return done
+
+
+@dataclass(frozen=True)
+class ModalityChoice:
+    """The modality a study is segmented as, and where it came from (see StudyStatus)."""
+
+    modality: str | None
+    source: str | None
+    predicted: str | None = None
+    confidence: float | None = None
+
+
+def choose_modality(image: MedImage, model: Segmenter) -> ModalityChoice:
+    """The modality to segment a stored study as.
+
+    A modality from the cohort table or the DICOM header is kept. One that ingest only
+    guessed (its heuristic: ``modality_source`` "guess") is asked of the model; a backend
+    without a modality classifier (sam3, or a compact head trained without one) keeps the
+    guess.
+
+    Args:
+        image: the study's stored image (its ``modality`` and ``modality_source`` from ingest).
+        model: the loaded segmenter.
+
+    Returns:
+        The choice: source "model" with the prediction and its probability, else the ingest
+        modality and source.
+    """
+    source = image.modality_source
+    if source is None and any(w.startswith("modality guessed") for w in image.warnings):
+        source = "guess"  # a store written before modality_source was recorded
+    if source != "guess":
+        return ModalityChoice(image.modality, source)
+    try:
+        guess = model.recognise_modality(image.array)
+    except InputError as exc:
+        log.info("modality stays the ingest guess %r: %s", image.modality, exc)
+        return ModalityChoice(image.modality, source)
+    return ModalityChoice(guess.modality, "model", guess.modality, float(guess.confidence))
 
 
 def _store_result(store: Path, result: ConceptResult, model: Segmenter) -> None:
@@ -113,16 +162,31 @@ def segment_study(study: Study, model: Segmenter, settings: SegmentSettings) -> 
         settings: the segment job's settings (output folder, default concepts, exports).
 
     Returns:
-        The study's record: status "ok" with its concepts and those computed now, or "skipped"
-        when its ingest failed.
+        The study's record: status "ok" with its concepts, those computed now and its modality
+        (:func:`choose_modality`); "skipped" when its ingest failed; "failed" when it has no
+        concepts (no phrase in its row and no ``default_concepts`` for its modality).
     """
     layout = settings.layout
     ingest = read_status(layout.status("ingest", study.study_id)).studies[0]
     if ingest.status != "ok":
         return StudyStatus(study.study_id, "segment", "skipped", error="ingest failed")
+    remove_stale_study_files(layout, study.study_id)
     store = layout.store(study.study_id)
     image = read_study(store)
+    choice = choose_modality(image, model)
+    image.modality = choice.modality
+    record = StudyStatus(
+        study.study_id,
+        "segment",
+        modality=choice.modality,
+        modality_source=choice.source,
+        modality_predicted=choice.predicted,
+        modality_confidence=choice.confidence,
+    )
     concepts = concepts_for(study, image.modality, settings.default_concepts)
+    if not concepts:
+        record.status, record.error = "failed", _no_concepts(image.modality)
+        return record
     todo = [c for c in concepts if c not in _done_concepts(store, concepts, model)]
     log_unknown_phrases(todo)
     if todo:
@@ -130,13 +194,24 @@ def segment_study(study: Study, model: Segmenter, settings: SegmentSettings) -> 
             _store_result(store, result, model)
     rows, errors = _export_and_rows(study, image, concepts, model, settings)
     write_parquet_atomic(rows, layout.segments_part(study.study_id), SEGMENTS_SCHEMA)
-    return StudyStatus(
-        study.study_id,
-        "segment",
-        concepts=concepts,
-        computed=todo,
-        export_errors=[hide_source_path(e, study.path, settings.report_paths) for e in errors],
+    record.concepts, record.computed = concepts, todo
+    record.export_errors = [_hide(study, settings, e) for e in errors]
+    return record
+
+
+def _no_concepts(modality: str | None) -> str:
+    """Why a study has nothing to segment, and the two ways to fix it."""
+    return (
+        f"no concepts to segment: the cohort row names none and config default_concepts has "
+        f"none for modality {modality!r} (nor a '*' fallback); add phrases to the row's "
+        f"concepts column, or set default_concepts.{modality or '<modality>'} in config.yaml "
+        "(or fix the modality column if it is misspelt)"
     )
+
+
+def _hide(study: Study, settings: SegmentSettings, message: str) -> str:
+    """A message with the study's source paths hidden (unless ``report_paths``)."""
+    return hide_source_path(message, study.path, settings.report_paths, settings.outdir)
 
 
 def _export_and_rows(
@@ -154,7 +229,10 @@ def _export_and_rows(
         try:
             _export(label, image, phrase, study, settings)
         except Exception as exc:  # noqa: BLE001 - the mask is stored; the export failure is recorded
-            log.exception("export of %s / %s failed", study.study_id, phrase)
+            if environment_cause(exc):
+                raise
+            trace = _hide(study, settings, traceback.format_exc())
+            log.warning("export of %s / %s failed:\n%s", study.study_id, phrase, trace)
             export_errors.append(f"{phrase}: {type(exc).__name__}: {exc}")
         rows += segment_rows(
             study.study_id,
@@ -165,21 +243,28 @@ def _export_and_rows(
             attrs["instance_scores"],
             model.name,
             model.checkpoint_digest,
+            missing_slices=image.kind == "volume" and misses_slices(image.warnings),
         )
     return rows, export_errors
 
 
-def segment_shard(shard: Shard, settings: SegmentSettings) -> JobStatus:
+def segment_shard(name: str, studies: list[Study], settings: SegmentSettings) -> JobStatus:
     """Segment a shard of studies with one model load; write its provenance part and status.
 
     Args:
-        shard: the shard's name and cohort rows.
+        name: the shard's name (``shard-0000``, ...).
+        studies: its cohort rows (``cohort.resolve_studies`` of the shard's references).
         settings: the segment job's settings.
 
     Returns:
-        The shard status, also written as ``Layout.status("segment", shard.name)``.
+        The shard status, also written as ``Layout.status("segment", name)``.
+
+    Raises:
+        EnvironmentFailure: the machine failed; no status is written, so the shard is redone.
     """
     start = time.time()
+    for warning in settings.warnings:
+        log.warning("configuration: %s", warning)
     model = load_model(
         settings.model.backend,
         checkpoint=settings.model.checkpoint or None,
@@ -187,24 +272,24 @@ def segment_shard(shard: Shard, settings: SegmentSettings) -> JobStatus:
     )
     load_s = time.time() - start
     records = []
-    for i, study in enumerate(shard.studies, start=1):
+    for i, study in enumerate(studies, start=1):
         t0 = time.time()
         records.append(_segment_safely(study, model, settings))
         records[-1].seconds = time.time() - t0
-        n = len(shard.studies)
-        log.info("[%s %d/%d] %s: %s", shard.name, i, n, study.study_id, records[-1].status)
+        log.info("[%s %d/%d] %s: %s", name, i, len(studies), study.study_id, records[-1].status)
     prov = provenance_row(
-        f"segment/{shard.name}",
+        f"segment/{name}",
         model.name,
         model.checkpoint_digest,
         settings.to_params(),
         start,
         time.time(),
+        warnings=settings.warnings,
     )
     layout = settings.layout
-    write_parquet_atomic([prov], layout.provenance_part(shard.name), PROVENANCE_SCHEMA)
-    status = JobStatus("segment", shard.name, records, model_load_s=load_s)
-    write_status(layout.status("segment", shard.name), status)
+    write_parquet_atomic([prov], layout.provenance_part(name), PROVENANCE_SCHEMA)
+    status = JobStatus("segment", name, records, model_load_s=load_s)
+    write_status(layout.status("segment", name), status)
     return status
 
 
@@ -217,10 +302,20 @@ def _model_kwargs(model: ModelSettings) -> dict:
 
 
 def _segment_safely(study: Study, model: Segmenter, settings: SegmentSettings) -> StudyStatus:
-    """:func:`segment_study`, with a failure recorded instead of raised."""
+    """:func:`segment_study`, with an input failure recorded instead of raised.
+
+    Raises:
+        EnvironmentFailure: an environment error (the message hides source paths).
+    """
     try:
         return segment_study(study, model, settings)
     except Exception as exc:  # noqa: BLE001 - a failed study is recorded, the shard goes on
-        log.exception("segment %s failed", study.study_id)
-        error = hide_source_path(f"{type(exc).__name__}: {exc}", study.path, settings.report_paths)
+        error = _hide(study, settings, f"{type(exc).__name__}: {exc}")
+        if environment_cause(exc):
+            raise EnvironmentFailure(
+                f"segment {study.study_id}: {error}; the study is not recorded as failed: fix "
+                "the machine (space, permissions, memory) and run the workflow again"
+            ) from None
+        trace = _hide(study, settings, traceback.format_exc())
+        log.warning("segment %s failed:\n%s", study.study_id, trace)
         return StudyStatus(study.study_id, "segment", "failed", error=error)

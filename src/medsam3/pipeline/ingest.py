@@ -2,7 +2,10 @@
 
 Bad input never raises out of :func:`ingest_study`: the reason is recorded in the status file
 (``status: failed``), which the report step turns into ``reports/failures.parquet``, and the
-rest of the cohort goes on.
+rest of the cohort goes on. A failing machine is not bad input: an environment error (disk
+full, read-only or unwritable folder, I/O error, out of memory) raises
+:class:`~medsam3.io.common.EnvironmentFailure` and writes no status, so the job fails, Snakemake
+retries it, and a rerun redoes the study.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import time
 import traceback
 
 from medsam3._version import __version__
+from medsam3.io.common import EnvironmentFailure, environment_cause
 from medsam3.io.image import ImageInfo
 from medsam3.io.read import ReadError, read_source
 from medsam3.io.zarr_store import write_study
@@ -31,16 +35,27 @@ def ingest_study(study: Study, settings: IngestSettings) -> StudyStatus:
 
     Returns:
         The study's record, also written as ``Layout.status("ingest", study_id)``: status "ok"
-        with the stored image's description, or "failed" with the reason.
+        with the stored image's description (its warnings included), or "failed" with the
+        reason.
+
+    Raises:
+        EnvironmentFailure: the machine failed (the message hides source paths); no status is
+            written, so the study is redone by the next run.
     """
     start = time.time()
     record = StudyStatus(study.study_id, "ingest")
     try:
         record.image = _read_and_write(study, settings)
-    except Exception as exc:  # noqa: BLE001 - every failure is recorded, the cohort goes on
-        record.status = "failed"
-        record.error = hide_source_path(_describe(exc), study.path, settings.report_paths)
-        log.debug("ingest %s failed:\n%s", study.study_id, traceback.format_exc())
+    except Exception as exc:  # noqa: BLE001 - every input failure is recorded, the cohort goes on
+        reason = _hide(study, settings, _describe(exc))
+        if environment_cause(exc):
+            raise EnvironmentFailure(
+                f"ingest {study.study_id}: {reason}; the study is not recorded as failed: fix "
+                "the machine (space, permissions, memory) and run the workflow again"
+            ) from None
+        record.status, record.error = "failed", reason
+        trace = _hide(study, settings, traceback.format_exc())
+        log.debug("ingest %s failed:\n%s", study.study_id, trace)
     record.seconds = round(time.time() - start, 3)
     status = JobStatus("ingest", study.study_id, [record])
     write_status(settings.layout.status("ingest", study.study_id), status)
@@ -50,11 +65,19 @@ def ingest_study(study: Study, settings: IngestSettings) -> StudyStatus:
         record.status,
         f" ({record.error})" if record.error else "",
     )
+    for warning in record.image.warnings if record.image else ():
+        log.warning("ingest %s: %s", study.study_id, warning)
     return record
+
+
+def _hide(study: Study, settings: IngestSettings, message: str) -> str:
+    """A message with the study's source paths hidden (unless ``report_paths``)."""
+    return hide_source_path(message, study.path, settings.report_paths, settings.outdir)
 
 
 def _read_and_write(study: Study, settings: IngestSettings) -> ImageInfo:
     image = read_source(study.path, modality=study.modality)
+    image.warnings = [_hide(study, settings, w) for w in image.warnings]
     attrs = {"study_id": study.study_id, "medsam3_version": __version__}
     write_study(settings.layout.store(study.study_id), image, attrs=attrs)
     return ImageInfo.of(image)

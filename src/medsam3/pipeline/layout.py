@@ -14,6 +14,11 @@ their ``output:`` and ``log:`` patterns here with Snakemake wildcards in place o
     {outdir}/reports/ingest_failures.parquet          failures of the ``ingest`` target
     {outdir}/logs/{group}/{name}.log                  one log per job
     {outdir}/train/{name}.safetensors                 trained concept heads
+    {outdir}/.medsam3.lock                            the run lock (pipeline.outdir)
+    {outdir}/.snakemake/                              Snakemake's own state and run logs
+
+The workflow runs with ``{outdir}`` as its working directory (``workdir:`` in
+``workflow/rules/common.smk``), so Snakemake keeps its state beside the outputs.
 """
 
 from __future__ import annotations
@@ -37,9 +42,14 @@ class Layout:
     def __post_init__(self) -> None:
         object.__setattr__(self, "root", Path(self.root))  # accept str roots (config values)
 
+    @property
+    def stores(self) -> Path:
+        """The folder of the Zarr stores."""
+        return self.root / "zarr"
+
     def store(self, study_id: str) -> Path:
         """A study's Zarr store."""
-        return self.root / "zarr" / f"{study_id}.zarr"
+        return self.stores / f"{study_id}.zarr"
 
     def masks(self, study_id: str) -> Path:
         """A study's folder of exported masks."""
@@ -89,3 +99,22 @@ class Layout:
     def trained_head(self, name: str) -> Path:
         """A concept head written by the train rules."""
         return self.root / "train" / f"{name}.safetensors"
+
+    def lock(self) -> Path:
+        """The lock file held by the Snakemake process of a run (``pipeline.outdir``)."""
+        return self.root / ".medsam3.lock"
+
+    def snakemake_state(self) -> Path:
+        """Snakemake's state folder (metadata, locks, its run logs): ``.snakemake``."""
+        return self.root / ".snakemake"
+
+    def flat_folders(self) -> list[Path]:
+        """The folders whose files are written by atomic renames and that hold no subfolders
+        of studies (stores, status and part files, reports)."""
+        return [
+            self.stores,
+            self.root / "status",
+            *(self.root / "status" / stage for stage in ("ingest", "segment")),
+            *(self.root / "parts" / part for part in ("segments", "provenance")),
+            self.reports,
+        ]

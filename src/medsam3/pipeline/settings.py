@@ -11,9 +11,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any, Self
 
 from medsam3.pipeline.layout import Layout
+
+DEMO_SALT = "medsam3-demo-salt"  # config.yaml's salt: public, so fine for the demo cohort only
+AUTO = "auto"  # config ground_truth: the demo table for the demo cohort, none for any other
 
 
 class _JobSettings:
@@ -77,16 +81,26 @@ class SegmentSettings(_JobSettings):
     export: tuple[str, ...]
     default_concepts: dict[str, list[str]]
     report_paths: bool
+    warnings: tuple[str, ...] = ()
 
     @classmethod
-    def from_config(cls, config: Mapping[str, Any]) -> SegmentSettings:
-        """Read the segmentation keys of the validated config."""
+    def from_config(
+        cls, config: Mapping[str, Any], warnings: tuple[str, ...] = ()
+    ) -> SegmentSettings:
+        """Read the segmentation keys of the validated config.
+
+        Args:
+            config: the validated workflow config.
+            warnings: the run's configuration warnings (:func:`run_warnings`), logged by each
+                segment job and kept in the provenance table.
+        """
         return cls(
             outdir=config["outdir"],
             model=ModelSettings.from_config(config),
             export=tuple(config["export"]),
             default_concepts={k: list(v) for k, v in config["default_concepts"].items()},
             report_paths=config["report_paths"],
+            warnings=tuple(warnings),
         )
 
     @classmethod
@@ -95,12 +109,14 @@ class SegmentSettings(_JobSettings):
         fields = dict(params)
         fields["model"] = ModelSettings(**fields["model"])
         fields["export"] = tuple(fields["export"])
+        fields["warnings"] = tuple(fields.get("warnings", ()))
         return cls(**fields)
 
     def to_params(self) -> dict[str, Any]:
         """Plain values for a rule's params (lists, not tuples)."""
         params = asdict(self)
         params["export"] = list(self.export)
+        params["warnings"] = list(self.warnings)
         return params
 
 
@@ -136,3 +152,49 @@ class JobResources:
     def from_config(cls, config: Mapping[str, Any], group: str) -> JobResources:
         """Read one rule group's resources (ingest, segment or report)."""
         return cls(**config["resources"][group])
+
+
+def ground_truth_table(value: str | None, demo_cohort: bool, demo_table: str) -> str:
+    """The ground-truth table a run uses.
+
+    Args:
+        value: config ``ground_truth``: "auto", a path, or "" / None for none.
+        demo_cohort: the run's cohort is the embedded demo cohort.
+        demo_table: the demo's ground-truth table.
+
+    Returns:
+        ``demo_table`` for "auto" on the demo cohort, "" for "auto" on any other cohort (a
+        user's cohort gets no metrics unless it names its own table), else ``value``.
+    """
+    if value == AUTO:
+        return demo_table if demo_cohort else ""
+    return value or ""
+
+
+def run_warnings(salt: str, demo_cohort: bool, ground_truth: str, demo_table: str) -> list[str]:
+    """Warnings about a configuration that is fine for the demo but not for a user's cohort.
+
+    Args:
+        salt: config ``study_id_salt``.
+        demo_cohort: the run's cohort is the embedded demo cohort.
+        ground_truth: the ground-truth table in use (:func:`ground_truth_table`).
+        demo_table: the demo's ground-truth table.
+
+    Returns:
+        Zero to two warnings (the default salt, the demo ground truth on a user cohort).
+    """
+    if demo_cohort:
+        return []
+    warnings = []
+    if salt == DEMO_SALT:
+        warnings.append(
+            f"study_id_salt is the public default {DEMO_SALT!r}: anyone can recompute a derived "
+            "study id from a guessed source path; set a secret salt of your own "
+            "(--config study_id_salt=...) before sharing outputs"
+        )
+    if ground_truth and Path(ground_truth).resolve() == Path(demo_table).resolve():
+        warnings.append(
+            "ground_truth is the demo table, which names demo studies, not this cohort's: "
+            "its metrics rows fail; use --config ground_truth= (none) or your own table"
+        )
+    return warnings

@@ -13,7 +13,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from medsam3.io.atomic import write_json_atomic
+from medsam3.io.common import scrub_paths
 from medsam3.io.image import ImageInfo
+from medsam3.pipeline.layout import Layout
 from medsam3.reports.schemas import FAILURES_SCHEMA
 from medsam3.reports.tables import failure_row, write_parquet_atomic
 from medsam3.types import PathLikeStr
@@ -33,6 +35,11 @@ class StudyStatus:
         concepts: segment: the study's concepts.
         computed: segment: the concepts segmented by this job (the others were already stored).
         export_errors: segment: "<concept>: <error>" for each mask export that failed.
+        modality: segment: the modality the study was segmented as.
+        modality_source: segment: where it came from: "cohort", "dicom", "model" (recognised
+            by the segmentation model) or "guess" (ingest's heuristic).
+        modality_predicted: segment: the model's modality when it was asked, else None.
+        modality_confidence: segment: the model's probability for it, else None.
     """
 
     study_id: str
@@ -44,6 +51,10 @@ class StudyStatus:
     concepts: list[str] = field(default_factory=list)
     computed: list[str] = field(default_factory=list)
     export_errors: list[str] = field(default_factory=list)
+    modality: str | None = None
+    modality_source: str | None = None
+    modality_predicted: str | None = None
+    modality_confidence: float | None = None
 
     @classmethod
     def from_dict(cls, fields: dict) -> StudyStatus:
@@ -86,23 +97,49 @@ def study_records(paths: Iterable[PathLikeStr]) -> list[StudyStatus]:
     return [record for path in paths for record in read_status(path).studies]
 
 
-def hide_source_path(message: str, source: str, report_paths: bool = False) -> str:
-    """Replace a study's source path in a message unless paths may be reported.
+def hide_source_path(
+    message: str, source: str, report_paths: bool = False, outdir: str | None = None
+) -> str:
+    """Replace source paths in a message unless paths may be reported.
 
-    Hospital paths often embed patient names or record numbers, so status records and reports
-    show ``<source>`` (config ``report_paths: false``).
+    Hospital paths often embed patient names or record numbers, so status records, logs and
+    reports show ``<source>`` (config ``report_paths: false``). Whole path strings are
+    replaced, never parts of words or numbers: a folder named "2" leaves "found 2 series".
 
     Args:
         message: an error message.
         source: the study's source path (cohort ``path``).
-        report_paths: keep the path.
+        report_paths: keep the paths.
+        outdir: the output folder, whose paths stay (they name no patient).
 
     Returns:
-        The message with the path and its file name replaced.
+        The message with the source, the files a ``.dcmlist`` source lists, any path below
+        them and any other absolute path outside ``outdir`` replaced by ``<source>``.
     """
     if report_paths:
         return message
-    return message.replace(source, "<source>").replace(Path(source).name, "<source>")
+    return scrub_paths(message, source_strings(source), [outdir] if outdir else [])
+
+
+def source_strings(source: str) -> list[str]:
+    """The path strings of a source that messages may quote.
+
+    Args:
+        source: a cohort ``path`` (absolute).
+
+    Returns:
+        The path as given and resolved, and for a ``.dcmlist`` each listed file as written
+        and resolved against the list's folder, with their folders.
+    """
+    path = Path(source)
+    strings = {str(source), str(path.resolve())}
+    if path.suffix == ".dcmlist" and path.is_file():
+        for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+            entry = line.strip()
+            if entry and not entry.startswith("#"):
+                full = path.parent / entry
+                strings |= {entry, str(full), str(full.parent), str(Path(entry).parent)}
+    return sorted(s for s in strings if s not in ("", ".", "/"))
 
 
 def failure_rows(records: Iterable[StudyStatus]) -> list[dict]:
@@ -128,3 +165,49 @@ def write_ingest_failures(status_files: Iterable[PathLikeStr], path: PathLikeStr
     """
     rows = failure_rows(study_records(status_files))
     return write_parquet_atomic(rows, path, FAILURES_SCHEMA)
+
+
+def run_summary(
+    layout: Layout, study_ids: list[str], failures_table: Path, stopped: bool = False
+) -> str:
+    """One paragraph on what a run did, for the end of Snakemake's output (no paths of data).
+
+    Args:
+        layout: the output layout.
+        study_ids: the cohort's study ids.
+        failures_table: the failures table the run writes (reports/failures.parquet, or
+            reports/ingest_failures.parquet for the ``ingest`` target).
+        stopped: the run stopped because a job failed (Snakemake's ``onerror``).
+
+    Returns:
+        The summary: studies ingested and segmented, failed on their input, not done yet;
+        after a failed job, what to do (environment errors fail their job: fix, then rerun).
+    """
+    ingest = _records(layout.status("ingest", sid) for sid in study_ids)
+    shard_files = sorted(layout.status("segment", "x").parent.glob("shard-*.json"))
+    cohort = set(study_ids)
+    segment = {r.study_id: r for r in _records(shard_files) if r.study_id in cohort}
+    failed = [r for r in ingest if r.status == "failed"]
+    failed += [r for r in segment.values() if r.status == "failed"]
+    warned = sum(1 for r in ingest if r.image is not None and r.image.warnings)
+    lines = [
+        f"medsam3: {len(study_ids)} studies: {len(ingest)} ingested, "
+        f"{sum(1 for r in segment.values() if r.status == 'ok')} segmented, "
+        f"{len({r.study_id for r in failed})} failed on their input, "
+        f"{len(study_ids) - len(ingest)} not ingested yet; {warned} with ingest warnings."
+    ]
+    if failed:
+        lines.append(f"Input failures and their reasons: {failures_table}.")
+    if stopped:
+        lines.append(
+            "The run stopped: job(s) failed (see 'Error in rule' above and the job logs). "
+            "Environment errors (disk full, read-only or unwritable folder, I/O error, out of "
+            "memory) fail their job instead of being recorded against a study: fix the cause "
+            "and run the same command again; finished studies are kept."
+        )
+    return "\n".join(lines)
+
+
+def _records(paths: Iterable[PathLikeStr]) -> list[StudyStatus]:
+    """The records of the status files that exist."""
+    return [r for path in paths if Path(path).is_file() for r in read_status(path).studies]

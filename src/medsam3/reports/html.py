@@ -33,6 +33,11 @@ def _read(reports_dir: Path, table: str, columns: list[str]):
     return df if len(df) else None
 
 
+def _short(phrase: str, limit: int = 40) -> str:
+    """A concept phrase cut to fit a plot's axis labels."""
+    return phrase if len(phrase) <= limit else phrase[: limit - 3] + "..."
+
+
 def size_figure(reports_dir: PathLikeStr) -> Figure | None:
     """Box plots of volume (ml, volumes) and area (mm^2, images) per concept.
 
@@ -64,7 +69,7 @@ def size_figure(reports_dir: PathLikeStr) -> Figure | None:
         ax.boxplot(
             [g.to_numpy() for _, g in groups],
             orientation="horizontal",
-            tick_labels=[f"{name} (n={len(g)})" for name, g in groups],
+            tick_labels=[f"{_short(name)} (n={len(g)})" for name, g in groups],
         )
         ax.set_xlabel(label)
         ax.set_title(f"{label.split(' ')[0]} per concept (studies where present)")
@@ -90,7 +95,7 @@ def dice_figure(reports_dir: PathLikeStr) -> Figure | None:
     ax.boxplot(
         [g.to_numpy() for _, g in groups],
         orientation="horizontal",
-        tick_labels=[f"{n} (median {g.median():.2f}, n={len(g)})" for n, g in groups],
+        tick_labels=[f"{_short(n)} (median {g.median():.2f}, n={len(g)})" for n, g in groups],
     )
     for i, (_, g) in enumerate(groups, start=1):
         ax.plot(g.to_numpy(), np.full(len(g), i), "k.", alpha=0.4)
@@ -158,6 +163,24 @@ def _counts_html(reports_dir: Path) -> str:
         counts = {} if df is None else df[col].value_counts().sort_index().to_dict()
         parts.append(_html_table(title, [col, "count"], [[k, v] for k, v in counts.items()]))
     return "\n".join(parts)
+
+
+def _warnings_html(reports_dir: Path, examples: int = 5) -> str:
+    """HTML table of ingest warnings: each kind (the text before its first ':'), how many
+    studies have it and a few of them; empty when no study has a warning."""
+    df = _read(reports_dir, "studies", ["study_id", "warnings"])
+    if df is None:
+        return ""
+    pairs = df.explode("warnings").dropna(subset=["warnings"])
+    if pairs.empty:
+        return ""
+    pairs = pairs.assign(kind=pairs["warnings"].str.split(":").str[0].str.slice(0, 80))
+    rows = [
+        [kind, g["study_id"].nunique(), ", ".join(sorted(set(g["study_id"]))[:examples])]
+        for kind, g in sorted(pairs.groupby("kind"))
+    ]
+    header = ["warning", "studies", f"e.g. (first {examples}; all in studies.parquet)"]
+    return _html_table("Ingest warnings", header, rows)
 
 
 def _concepts_html(reports_dir: Path) -> str:
@@ -249,7 +272,7 @@ def write_html_report(
         The destination path.
     """
     reports_dir = Path(reports_dir)
-    sections = [_counts_html(reports_dir), _concepts_html(reports_dir)]
+    sections = [_counts_html(reports_dir), _warnings_html(reports_dir), _concepts_html(reports_dir)]
     for name, fig in report_figures(reports_dir, overlays).items():
         data = base64.b64encode(_png_bytes(fig)).decode("ascii")
         sections.append(

@@ -78,6 +78,7 @@ def provenance_row(
     config: dict,
     start: float,
     end: float,
+    warnings: tuple[str, ...] | list[str] = (),
 ) -> dict:
     """One row of the provenance table (``reports.PROVENANCE_SCHEMA``).
 
@@ -88,10 +89,11 @@ def provenance_row(
         config: the run configuration (hashed, not stored).
         start: job start, seconds since the epoch (``time.time()``).
         end: job end, seconds since the epoch.
+        warnings: configuration warnings of the run.
 
     Returns:
         dict with job, package_version, git_commit, config_sha256, backend, checkpoint_digest,
-        start, end (UTC ISO strings), duration_s, host, python_version, torch_version.
+        start, end (UTC ISO strings), duration_s, host, python_version, torch_version, warnings.
     """
     return {
         "job": job,
@@ -106,4 +108,5 @@ def provenance_row(
         "host": socket.gethostname(),
         "python_version": platform.python_version(),
         "torch_version": _torch_version(),
+        "warnings": list(warnings),
     }

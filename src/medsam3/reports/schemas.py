@@ -20,14 +20,28 @@ STUDIES_SCHEMA = pa.schema(
     [
         _f("study_id", _STR, "pseudonymous study id from the cohort table"),
         _f("kind", _STR, "image, volume or video"),
-        _f("modality", _STR, "lower-case modality (ct, mri, xray, ...) or null"),
+        _f("modality", _STR, "lower-case modality the study was segmented as (ct, mri, ...)"),
+        _f(
+            "modality_source",
+            _STR,
+            "where the modality came from: cohort (table), dicom (header), model (recognised by "
+            "the segmentation model) or guess (ingest's heuristic)",
+        ),
+        _f("modality_predicted", _STR, "modality named by the model when it was asked, else null"),
+        _f("modality_confidence", _F64, "the model's probability for modality_predicted"),
         _f("shape", pa.list_(_I64), "array shape in SimpleITK voxel order (z|t, y, x[, c])"),
         _f("spacing", pa.list_(_F64), "SimpleITK (x, y[, z]) spacing in mm"),
         _f("origin", pa.list_(_F64), "SimpleITK (x, y[, z]) origin in mm (LPS for DICOM)"),
         _f("frame_count", _I64, "frames (video), slices (volume) or 1 (image)"),
         _f("source_digest", _STR, "sha256 over the source file bytes"),
-        _f("status", _STR, "ok, failed or skipped"),
+        _f("status", _STR, "ok, failed or ingested (stored, not segmented yet)"),
         _f("error", _STR, "scrubbed error message when status is not ok"),
+        _f(
+            "warnings",
+            pa.list_(_STR),
+            "ingest warnings: missing slices, ignored files, irregular spacing, guessed "
+            "modality, ... (source paths hidden)",
+        ),
     ]
 )
 
@@ -54,6 +68,12 @@ SEGMENTS_SCHEMA = pa.schema(
         _f("slices", pa.list_(_I64), "slice indices (z) holding foreground (volumes)"),
         _f("frames", pa.list_(_I64), "frame indices (t) holding foreground (videos)"),
         _f("frame_pixels", pa.list_(_I64), "foreground pixels per frame, all frames (videos)"),
+        _f(
+            "missing_slices",
+            _BOOL,
+            "the volume's series misses slices (a gap, or slices without pixel data): volumes "
+            "and positions are not to be trusted; see the study's warnings",
+        ),
         _f("backend", _STR, "segmentation backend"),
         _f("checkpoint_digest", _STR, "sha256 of the checkpoint"),
     ]
@@ -100,6 +120,12 @@ PROVENANCE_SCHEMA = pa.schema(
         _f("host", _STR, "host name"),
         _f("python_version", _STR, "Python version"),
         _f("torch_version", _STR, "torch version, null without torch"),
+        _f(
+            "warnings",
+            pa.list_(_STR),
+            "configuration warnings of the run (the public default salt or the demo ground "
+            "truth used on a user's cohort)",
+        ),
     ]
 )
 

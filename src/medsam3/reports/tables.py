@@ -40,7 +40,13 @@ from medsam3.reports.schemas import (  # noqa: F401  (re-exported)
 from medsam3.types import PathLikeStr
 
 
-def study_row(study_id: str, status: str, error: str | None, image: ImageInfo | None) -> dict:
+def study_row(
+    study_id: str,
+    status: str,
+    error: str | None,
+    image: ImageInfo | None,
+    modality: dict | None = None,
+) -> dict:
     """One row of the studies table.
 
     Args:
@@ -48,6 +54,9 @@ def study_row(study_id: str, status: str, error: str | None, image: ImageInfo | 
         status: "ok", "failed" or "ingested" (stored, not segmented yet).
         error: error message (UIDs and dates are scrubbed here) or None.
         image: the ingested image's description, or None when ingest failed.
+        modality: what segmentation settled (keys modality, modality_source,
+            modality_predicted, modality_confidence), or None before segmentation (the
+            image's modality and source are used).
 
     Returns:
         dict matching ``STUDIES_SCHEMA``.
@@ -60,12 +69,16 @@ def study_row(study_id: str, status: str, error: str | None, image: ImageInfo | 
         row.update(
             kind=image.kind,
             modality=image.modality,
+            modality_source=image.modality_source,
             shape=list(image.shape),
             spacing=list(image.spacing),
             origin=list(image.origin),
             frame_count=image.frame_count,
             source_digest=image.source_digest,
+            warnings=[scrub_identifiers(w, 500) for w in image.warnings],
         )
+    if modality and modality.get("modality_source"):
+        row.update(modality)
     return row
 
 
@@ -157,6 +170,7 @@ def segment_rows(
     instance_scores: list[float],
     backend: str,
     checkpoint_digest: str,
+    missing_slices: bool = False,
 ) -> list[dict]:
     """Rows of the segments table for one (study, concept): one concept row, one per instance.
 
@@ -174,6 +188,7 @@ def segment_rows(
         instance_scores: per-instance scores in instance order.
         backend: backend name.
         checkpoint_digest: sha256 of the checkpoint.
+        missing_slices: the volume's series misses slices (flagged on every row).
 
     Returns:
         list of dicts matching ``SEGMENTS_SCHEMA``; an absent concept gives one concept row with
@@ -192,6 +207,7 @@ def segment_rows(
         presence=float(presence),
         backend=backend,
         checkpoint_digest=checkpoint_digest,
+        missing_slices=bool(missing_slices),
     )
     labels, n_inst = _instance_labels(mask)
     scores = [float(s) for s in instance_scores]
