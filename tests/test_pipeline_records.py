@@ -71,7 +71,7 @@ def test_shipped_config_round_trips_through_params():
     assert segment.to_params()["model"] == config["model"]
     ingest = IngestSettings.from_config(config)
     assert IngestSettings.from_params(ingest.to_params()) == ingest
-    assert JobResources.from_config(config, "segment") == JobResources(8000, 120, 0)
+    assert JobResources.from_config(config, "segment") == JobResources(8000, 120, "auto")
 
 
 def test_layout_gives_rule_patterns_and_job_paths_alike():
@@ -100,3 +100,17 @@ def test_ground_truth_defaults_to_none_for_a_user_cohort_and_the_demo_setup_warn
     assert config["ground_truth"] == "auto" and config["study_id_salt"] == DEMO_SALT
     segment = SegmentSettings.from_config(config, (salt,))
     assert SegmentSettings.from_params(segment.to_params()) == segment
+
+
+def test_segment_jobs_ask_for_a_gpu_only_when_they_use_one():
+    from medsam3.models.build import uses_gpu
+    from medsam3.pipeline.settings import JobResources, ModelSettings
+
+    auto = JobResources(8000, 120, "auto")
+    assert auto.gpus(ModelSettings("sam3", "/ckpt", "", "auto")) == 1
+    assert auto.gpus(ModelSettings("sam3", "/ckpt", "", "cuda:1")) == 1
+    assert auto.gpus(ModelSettings("sam3", "/ckpt", "", "cpu")) == 0
+    compact = int(uses_gpu("compact", "auto"))  # 1 once the compact backend runs on CUDA
+    assert auto.gpus(ModelSettings("compact", "", "", "auto")) == compact
+    assert JobResources(8000, 120, 2).gpus(ModelSettings("sam3", "", "", "cpu")) == 2
+    assert JobResources(4000, 30, "auto").gpus(None) == 0  # ingest and report jobs

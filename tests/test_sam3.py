@@ -283,3 +283,53 @@ def test_build_random_tiny():
     check_result(res, img.shape)
     with pytest.raises(ValueError, match="scale"):
         build_random_sam3("huge")
+
+
+@pytest.mark.parametrize("mode", ["per_slice", "propagate"])
+def test_batched_encoding_gives_the_same_results(seg, mni_stack, mode):
+    """Slices encoded 4 at a time give what one at a time gives (scan and per_slice)."""
+    outs = {}
+    seg.volume_mode = mode
+    try:
+        for batch in (1, 4):
+            seg.encode_batch = batch
+            outs[batch] = seg.segment(mni_stack, ["brain", "ventricle"], modality="mri",
+                                      kind="volume")  # fmt: skip
+    finally:
+        seg.volume_mode, seg.encode_batch = "propagate", None
+    for concept, one in outs[1].items():
+        four = outs[4][concept]
+        assert np.array_equal(one.mask, four.mask), concept
+        assert one.presence == pytest.approx(four.presence, abs=1e-6)
+        np.testing.assert_allclose(one.extra["slice_presence"], four.extra["slice_presence"],
+                                   atol=1e-4)  # fmt: skip
+        assert [round(i.score, 5) for i in one.instances] == [
+            round(i.score, 5) for i in four.instances
+        ]
+        for a, b in zip(one.instances, four.instances, strict=True):
+            assert np.array_equal(a.mask, b.mask)
+
+
+def test_out_of_memory_halves_the_batch_and_computes_every_item_once():
+    from medsam3.models.batching import auto_batch_size, in_batches
+
+    calls, sizes = [], []
+
+    def fn(items):
+        calls.append(list(items))
+        if len(items) > 2:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB")
+        return [x * 10 for x in items]
+
+    got = list(in_batches(list(range(7)), fn, 8, on_resize=sizes.append))
+    assert [r for _, _, batch in got for r in batch] == [x * 10 for x in range(7)]
+    assert sizes == [4, 2] and [(a, b) for a, b, _ in got] == [(0, 2), (2, 4), (4, 6), (6, 7)]
+
+    def fails(items):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+
+    with pytest.raises(torch.cuda.OutOfMemoryError):
+        list(in_batches([1, 2], fails, 2))
+    with pytest.raises(ValueError):  # other errors are not retried
+        list(in_batches([1, 2], lambda items: int("x"), 2))
+    assert auto_batch_size("cpu", 10**9) == 4

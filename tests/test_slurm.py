@@ -18,6 +18,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from medsam3.models.build import uses_gpu
+
 REPO = Path(__file__).resolve().parents[1]
 PROFILE = REPO / "profiles" / "slurm-local"
 SUBMITTED = re.compile(r"submitted with SLURM jobid (\d+)")
@@ -26,6 +28,8 @@ SUBMITTED = re.compile(r"submitted with SLURM jobid (\d+)")
 # A workflow of the pipeline's shape: per-study rule (grouped by the profile), GPU shards of
 # K studies, one aggregation. `sleep_s` lets one study's first attempt hang for the fault test.
 TINY_SNAKEFILE = r"""
+import os
+
 N = int(config.get("n", 6))
 K = int(config.get("k", 3))
 ITEMS = [f"s{i:02d}" for i in range(N)]
@@ -76,6 +80,7 @@ rule segment_shard:
         mem_mb=300,
         runtime=5,
         gpu=1,
+        slurm_partition=os.environ.get("MEDSAM3_SLURM_GPU_PARTITION", "gpu"),
     shell:
         "echo job=${{SLURM_JOB_ID:-local}} gpus=${{CUDA_VISIBLE_DEVICES:-none}} >> {log}; "
         "awk -F'\\t' '{{print $1 \"\\t\" $2 * 2}}' {input} > {output}"
@@ -117,8 +122,15 @@ def _snakemake(
     mode = ["--profile", str(PROFILE)] if slurm else ["--cores", "2"]
     where = ["-d", str(workdir)] if directory else []
     cmd = [sys.executable, "-m", "snakemake", *where, *mode, *args]
+    env = dict(os.environ, MEDSAM3_SLURM_GPU_PARTITION="gpu")  # as profiles/slurm asks
     return subprocess.run(
-        cmd, cwd=workdir, capture_output=True, encoding="utf-8", errors="replace", timeout=timeout
+        cmd,
+        cwd=workdir,
+        capture_output=True,
+        encoding="utf-8",
+        errors="replace",
+        timeout=timeout,
+        env=env,
     )
 
 
@@ -315,7 +327,9 @@ def test_main_workflow_through_slurm_matches_local(tmp_path, slurm_cluster):
         res = _snakemake(work, *args, slurm=mode == "slurm", timeout=1500, directory=False)
         if mode == "slurm":  # 5 studies: 2 ingest groups of <= 3, 2 shards, 1 report
             records = _assert_went_through_slurm(res, work / "out", expected_jobs=5)
-            assert sum(r["Partition"] == "gpu" for r in records.values()) == 2, records
+            # default config: compact on device auto asks for a GPU once it runs on CUDA
+            gpu_jobs = 2 if uses_gpu("compact", "auto") else 0
+            assert sum(r["Partition"] == "gpu" for r in records.values()) == gpu_jobs, records
         assert res.returncode == 0, res.stderr[-3000:]
         outs[mode] = work / "out"
     assert not (tmp_path / "slurm" / ".snakemake").exists()  # Snakemake's state is in out/

@@ -46,12 +46,17 @@ def sharding(store: Path, name: str = "image") -> dict:
     return {"shard": meta["chunk_grid"]["configuration"]["chunk_shape"], **codec["configuration"]}
 
 
-def test_volume_layout_is_sliced_sharded_and_blosc_zstd(tmp_path):
-    store = write_study(tmp_path / "v.zarr", volume(70))
+def test_volume_layout_is_sliced_sharded_and_blosc_lz4(tmp_path):
+    image = volume(200)
+    store = write_study(tmp_path / "v.zarr", image)
     conf = sharding(store)
     assert conf["shard"] == [64, 20, 24] and conf["chunk_shape"] == [1, 20, 24]
     blosc = [c for c in conf["codecs"] if c["name"] == "blosc"]
-    assert blosc and blosc[0]["configuration"]["cname"] == "zstd"
+    assert blosc and blosc[0]["configuration"]["cname"] == "lz4"
+    assert blosc[0]["configuration"]["shuffle"] == "bitshuffle"
+    # four shards written in parallel read back whole
+    np.testing.assert_array_equal(read_study(store).array, image.array)
+    store = write_study(tmp_path / "w.zarr", volume(70))
     shard_files = [p for p in (store / "image").rglob("*") if p.is_file() and p.name != "zarr.json"]
     assert len(shard_files) == 2  # 70 slices -> two shards, not 70 chunk files
 
@@ -140,3 +145,18 @@ def test_labels_round_trip_overwrite_and_checks(tmp_path):
         write_label(store, "broken", mask.astype(np.uint8).view(FailingArray), {})
     assert list_labels(store) == ["kidney_left", "liver"]
     assert is_complete(store) and read_study(store).warnings == image.warnings
+
+
+def test_stores_written_with_the_earlier_zstd_codec_stay_readable(tmp_path, monkeypatch):
+    from zarr.codecs import BloscCodec, BloscShuffle
+
+    import medsam3.io.zarr_store as zarr_store
+
+    old = BloscCodec(cname="zstd", clevel=3, shuffle=BloscShuffle.shuffle)
+    monkeypatch.setattr(zarr_store, "compressor", lambda: old)
+    image = volume(70)
+    store = write_study(tmp_path / "old.zarr", image)
+    monkeypatch.undo()
+    np.testing.assert_array_equal(read_study(store).array, image.array)
+    write_label(store, "liver", image.array > 0, {"concept": "liver"})  # new codec beside old
+    np.testing.assert_array_equal(read_label(store, "liver")[0], (image.array > 0).astype(np.uint8))

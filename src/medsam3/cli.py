@@ -26,9 +26,33 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     from medsam3.pipeline.segment_file import segment_file
 
     device = resolve_device(args.backend, args.device)
-    model = load_model(args.backend, checkpoint=args.checkpoint, device=device)
+    options = {}
+    if args.lora:
+        if args.backend != "sam3":
+            raise ValueError("--lora adapts SAM 3 weights; use it with --backend sam3")
+        options = {"lora": args.lora, "lora_alpha": args.lora_alpha}
+    model = load_model(args.backend, checkpoint=args.checkpoint, device=device, **options)
     summary = segment_file(args.input, args.prompt, args.output, model, modality=args.modality)
     print(json.dumps(summary["concepts"], indent=2))
+    return 0
+
+
+def _cmd_import_weights(args: argparse.Namespace) -> int:
+    from medsam3.models.sam3_import import import_weights
+
+    out = import_weights(
+        args.output,
+        checkpoint=args.checkpoint,
+        native=args.native,
+        lora=args.lora,
+        alpha=args.lora_alpha,
+        peft=args.peft,
+        config=args.config,
+        dtype=args.dtype,
+    )
+    lora = f" --lora {out / 'adapter'}" if args.peft and args.lora else ""
+    print(f"wrote {out}; run: medsam3 segment IMAGE -p PHRASE -o OUT --backend sam3 "
+          f"--checkpoint {out}{lora}")  # fmt: skip
     return 0
 
 
@@ -84,6 +108,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, help="output folder")
     p.add_argument("--backend", default="compact", choices=["compact", "sam3"])
     p.add_argument("--checkpoint", default=None, help="checkpoint path (default: shipped head)")
+    p.add_argument(
+        "--lora",
+        default=None,
+        help="sam3: a MedSAM3 LoRA file (best_lora_weights.pt) or a peft adapter folder",
+    )
+    p.add_argument("--lora-alpha", type=float, default=32.0, help="alpha of a LoRA file")
     p.add_argument("--modality", default=None, help="override the detected modality")
     p.add_argument(
         "--device",
@@ -91,6 +121,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="auto (cuda when available and the backend runs on it; compact: cpu), cpu, cuda:N",
     )
     p.set_defaults(func=_cmd_segment)
+
+    p = sub.add_parser(
+        "import-weights",
+        help="convert SAM 3 weights (+ a MedSAM3 LoRA) into a folder the sam3 backend loads",
+    )
+    p.add_argument("output", help="checkpoint folder to write")
+    base = p.add_mutually_exclusive_group(required=True)
+    base.add_argument("--checkpoint", help="transformers SAM 3 folder (e.g. facebook/sam3)")
+    base.add_argument("--native", help="native SAM 3 checkpoint file (sam3.pt): detector only")
+    p.add_argument("--lora", help="MedSAM3 LoRA file (best_lora_weights.pt) to fold in")
+    p.add_argument("--lora-alpha", type=float, default=32.0, help="LoRA alpha (MedSAM3: 32)")
+    p.add_argument("--peft", action="store_true", help="write the LoRA as OUTPUT/adapter")
+    p.add_argument("--config", help="config.json of a native checkpoint of non-default size")
+    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="stored dtype")
+    p.set_defaults(func=_cmd_import_weights)
 
     p = sub.add_parser("concepts", help="list the concept vocabulary")
     p.set_defaults(func=_cmd_concepts)

@@ -6,6 +6,7 @@
 # studies' paths from the validated cohort table. Snakemake's state (.snakemake: metadata,
 # locks, its run logs) lives in the output folder: `workdir:` below makes it the working
 # directory, after every configured path has been made absolute.
+import os
 import shutil
 from dataclasses import replace
 from pathlib import Path
@@ -19,6 +20,7 @@ from medsam3.pipeline.outdir import check_outdir, lock_outdir, remove_stale_file
 from medsam3.pipeline.settings import (
     IngestSettings,
     JobResources,
+    ModelSettings,
     ReportSettings,
     SegmentSettings,
     ground_truth_table,
@@ -122,6 +124,21 @@ def rule_resources(group):
     """mem_mb and runtime (minutes) of a rule group (config resources, schema defaults)."""
     res = JobResources.from_config(config, group)
     return {"mem_mb": res.mem_mb, "runtime": res.runtime}
+
+
+def segment_resources():
+    """mem_mb, runtime and gpu of a segment job. gpu "auto" (the default) asks for one GPU
+    when the configured backend and device will use it; such a job goes to the partition in
+    $MEDSAM3_SLURM_GPU_PARTITION when set (profiles/slurm), any other to the default one.
+    """
+    gpus = JobResources.from_config(config, "segment").gpus(
+        ModelSettings.from_config(config)
+    )
+    res = {**rule_resources("segment"), "gpu": gpus}
+    partition = os.environ.get("MEDSAM3_SLURM_GPU_PARTITION")
+    if gpus and partition:
+        res["slurm_partition"] = partition
+    return res
 
 
 def get_ingest_input(wildcards):

@@ -10,8 +10,7 @@ rule segment_shard:
         "../../envs/medsam3.yaml"
     threads: 2
     resources:
-        **rule_resources("segment"),
-        gpu=JobResources.from_config(config, "segment").gpu,
+        **segment_resources(),
     params:
         shard=get_shard,
         settings=SEGMENT_SETTINGS.to_params(),

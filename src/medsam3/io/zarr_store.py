@@ -9,7 +9,8 @@ Layout of ``<study>.zarr``::
     labels/<name>/     label arrays with the image's spatial shape and chunking
 
 Arrays are chunked one slice/frame per chunk (512 x 512 tiles for big 2D images), compressed
-with Blosc zstd, and sharded (up to 64 slices per shard) so a cohort has few files.
+with Blosc LZ4 after bit shuffling, and sharded (up to 64 slices per shard) so a cohort has few
+files; the shards of an array are written in parallel.
 Writes are atomic: everything goes to a hidden temporary sibling that is renamed into place,
 so an interrupted run never leaves a store (or label) that looks complete.
 """
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +33,7 @@ from medsam3.io.image import MedImage
 from medsam3.types import PathLikeStr
 
 SHARD_SLICES = 64
+WRITERS = 2  # shards of one array written at once (Blosc releases the GIL while compressing)
 TILE = 512
 BIG_2D = 2048  # 2D images with a side above this are tiled
 COMPLETE = "medsam3_complete"
@@ -47,8 +50,14 @@ _META = (
 
 
 def compressor() -> BloscCodec:
-    """The Blosc zstd codec used for every array (byte shuffle, level 3)."""
-    return BloscCodec(cname="zstd", clevel=3, shuffle=BloscShuffle.shuffle)
+    """The codec of every array: Blosc LZ4, level 5, bit shuffle.
+
+    On a 300 x 512 x 512 int16 CT it compresses 2.4x faster than zstd level 3 with byte
+    shuffle (0.10 s against 0.25 s on one core) for a store 10% larger (67 MB against 61 MB of
+    157 MB); zstd level 1 is no faster than level 3 here. Stores written with the earlier zstd
+    codec stay readable: the codec is recorded in each array's metadata.
+    """
+    return BloscCodec(cname="lz4", clevel=5, shuffle=BloscShuffle.bitshuffle)
 
 
 def chunk_layout(shape: tuple[int, ...], kind: str) -> tuple[tuple[int, ...], tuple[int, ...]]:
@@ -102,9 +111,16 @@ def _write_array(target: Path, data: np.ndarray, kind: str, attrs: dict | None =
         attributes=_jsonable(attrs or {}),
         zarr_format=3,
     )
-    step = shards[0]
-    for start in range(0, data.shape[0], step):
-        arr[start : start + step] = data[start : start + step]
+    starts = range(0, data.shape[0], shards[0])
+    if len(starts) == 1:
+        arr[...] = data
+        return
+
+    def write_shard(start: int) -> None:
+        arr[start : start + shards[0]] = data[start : start + shards[0]]
+
+    with ThreadPoolExecutor(max_workers=min(WRITERS, len(starts))) as pool:
+        list(pool.map(write_shard, starts))  # list(): re-raise the first error of any shard
 
 
 def _swap_into_place(tmp: Path, final: Path) -> None:

@@ -49,6 +49,17 @@ def resolve_device(backend: str, device: str | None = "auto") -> str:
     return "cuda" if "cuda" in DEVICES.get(backend, ()) and torch.cuda.is_available() else "cpu"
 
 
+def uses_gpu(backend: str, device: str | None = "auto") -> bool:
+    """Whether a job loading ``backend`` on ``device`` will run on a GPU when it gets one.
+
+    Decided from the configuration alone (the login node that plans the jobs has no GPU):
+    "cpu" never does; "cuda[:N]" and "auto" do when the backend runs on CUDA (``DEVICES``).
+    """
+    if device == "cpu" or backend not in DEVICES:
+        return False
+    return "cuda" in DEVICES[backend]
+
+
 def load_model(backend: str = "compact", checkpoint: str | None = None, **kwargs) -> Segmenter:
     """Build a segmenter.
 

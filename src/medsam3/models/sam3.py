@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +20,7 @@ import torch
 from transformers.utils import is_kernels_available
 
 from medsam3.models.base import ConceptResult, Instance, Segmenter, mask_box
+from medsam3.models.batching import auto_batch_size, in_batches
 from medsam3.models.inputs import InputError, check_array, check_concepts, infer_kind
 from medsam3.models.preprocess import group_by_ct_window, to_uint8_rgb
 from medsam3.models.sam3_checkpoint import (
@@ -31,6 +33,7 @@ from medsam3.models.sam3_checkpoint import (
     random_video_model,
     weight_files,
 )
+from medsam3.models.sam3_import import MEDSAM3_ALPHA, fold_lora, lora_updates, read_tensor_file
 from medsam3.models.sam3_video import segment_sam3_stack
 from medsam3.types import Kind
 
@@ -73,6 +76,7 @@ class Sam3Segmenter(Segmenter):
         concept_batch: int = 8,
         track_thresholds: tuple[float, float] | None = None,
         checkpoint_digest: str = "",
+        encode_batch: int | None = None,
     ) -> None:
         """Wrap loaded models; use :func:`build_sam3` or :func:`build_random_sam3` instead.
 
@@ -89,6 +93,9 @@ class Sam3Segmenter(Segmenter):
             track_thresholds: (detection, new object) score thresholds of the tracker; None keeps
                 the checkpoint's (score_threshold_detection, new_det_thresh), e.g. (0.5, 0.7).
             checkpoint_digest: fingerprint of the checkpoint files.
+            encode_batch: slices/frames per vision-encoder pass (per_slice mode and the scan
+                before propagation); None sizes it to the device's free memory
+                (:mod:`medsam3.models.batching`), halved on out-of-memory.
         """
         if volume_mode not in VOLUME_MODES:
             raise ValueError(f"volume_mode must be one of {VOLUME_MODES}, got {volume_mode!r}")
@@ -100,6 +107,7 @@ class Sam3Segmenter(Segmenter):
         self.concept_batch = max(1, concept_batch)
         self.checkpoint_digest = checkpoint_digest
         self.image_size = int(processor.image_processor.size["height"])
+        self.encode_batch = encode_batch
         if video_model is not None and track_thresholds is not None:
             video_model.score_threshold_detection, video_model.new_det_thresh = track_thresholds
         if video_model is not None and not is_kernels_available():
@@ -166,6 +174,33 @@ class Sam3Segmenter(Segmenter):
         """
         pixels = self.pixel_values(rgb_planes)
         return self.detector.get_vision_features(pixel_values=pixels)
+
+    def encoded(self, rgb_planes: list[np.ndarray]) -> Iterator[tuple[int, object]]:
+        """Encode planes in batches (:attr:`encode_batch`) and yield them one by one.
+
+        Args:
+            rgb_planes: n (y, x, 3) uint8 planes.
+
+        Yields:
+            (index, Sam3VisionEncoderOutput of batch size 1) for each plane, in order; the
+            features equal those of :meth:`encode` on the plane alone.
+        """
+        if self.encode_batch is None:
+            self.encode_batch = auto_batch_size(self.device, self._item_bytes())
+
+        def remember(size: int) -> None:
+            self.encode_batch = size
+
+        batches = in_batches(rgb_planes, self.encode, self.encode_batch, remember)
+        for start, _stop, vision in batches:
+            for i in range(vision.last_hidden_state.shape[0]):
+                yield start + i, vision_item(vision, i)
+
+    def _item_bytes(self) -> int:
+        """Rough peak activation memory of one encoded plane: tokens x width x 48 values."""
+        vit = self.detector.config.vision_config.backbone_config
+        tokens = (self.image_size // vit.patch_size) ** 2
+        return tokens * vit.hidden_size * 48 * torch.finfo(self.dtype).bits // 8
 
     def pixel_values(self, rgb_planes: list[np.ndarray]) -> torch.Tensor:
         """(n, 3, S, S) normalised model input for uint8 RGB planes (S = model image size)."""
@@ -272,6 +307,15 @@ class Sam3Segmenter(Segmenter):
         return {c: results[c] for c in concepts}
 
 
+def vision_item(vision, i: int):
+    """Item ``i`` of a batched vision encoder output, as a batch of one (views)."""
+    return type(vision)(
+        last_hidden_state=vision.last_hidden_state[i : i + 1],
+        fpn_hidden_states=tuple(t[i : i + 1] for t in vision.fpn_hidden_states),
+        fpn_position_encoding=tuple(t[i : i + 1] for t in vision.fpn_position_encoding),
+    )
+
+
 def expand_vision(vision, n: int):
     """Vision encoder output repeated (as views) to batch size n."""
     if n == 1:
@@ -314,6 +358,7 @@ def build_sam3(
     lora: str | Path | None = None,
     dtype=None,
     load_tracker: bool = True,
+    lora_alpha: float = MEDSAM3_ALPHA,
     **kw,
 ) -> Sam3Segmenter:
     """Load a local SAM 3 / MedSAM3 checkpoint directory (safetensors only, no hub, no pickles).
@@ -322,21 +367,28 @@ def build_sam3(
         checkpoint: directory with config.json (model_type "sam3" or "sam3_video"), safetensors
             weights and optionally tokenizer / processor files.
         device: torch device, e.g. "cpu" or "cuda".
-        lora: optional peft LoRA adapter directory (adapter_model.safetensors), merged on load.
+        lora: optional LoRA, merged into the weights on load: a peft adapter directory
+            (adapter_model.safetensors), or a MedSAM3 LoRA file (``best_lora_weights.pt``, read
+            with weights_only=True, or .safetensors; see :mod:`medsam3.models.sam3_import`).
         dtype: torch dtype or name ("bfloat16") for the weights; None keeps the stored dtype.
         load_tracker: load the tracker of a sam3_video checkpoint (needed for propagation).
+        lora_alpha: alpha of a MedSAM3 LoRA file (its updates are scaled by alpha / rank).
         **kw: Sam3Segmenter options (score_threshold, mask_threshold, volume_mode, ...).
 
     Returns:
         A ready Sam3Segmenter.
     """
     folder, config = check_checkpoint_dir(checkpoint)
-    lora_dir = check_lora_dir(lora) if lora is not None else None
+    lora_file = Path(lora).expanduser() if lora is not None and Path(lora).is_file() else None
+    lora_dir = check_lora_dir(lora) if lora is not None and lora_file is None else None
     detector, video = load_sam3_modules(folder, config, dtype=dtype, load_tracker=load_tracker)
     files = [folder / "config.json", *weight_files(folder)]
     if lora_dir is not None:
         detector, video = apply_lora(detector, video, lora_dir)
         files += [lora_dir / "adapter_config.json", lora_dir / "adapter_model.safetensors"]
+    if lora_file is not None:  # a MedSAM3 LoRA file, folded into the detector's weights
+        fold_lora(detector, lora_updates(read_tensor_file(lora_file), lora_alpha))
+        files.append(lora_file)
     detector.to(device)
     if video is not None:
         video.to(device)

@@ -116,7 +116,9 @@ def check_lora_dir(lora: str | Path) -> Path:
     """
     folder = Path(lora).expanduser()
     if not folder.is_dir():
-        raise CheckpointError(f"LoRA adapter directory {folder} does not exist")
+        raise CheckpointError(
+            f"LoRA {folder} does not exist; pass a peft adapter directory or a MedSAM3 LoRA file"
+        )
     if not (folder / "adapter_config.json").is_file():
         raise CheckpointError(f"{folder} has no adapter_config.json (save it with peft)")
     if not (folder / "adapter_model.safetensors").is_file():

@@ -88,8 +88,8 @@ def per_slice(seg: Sam3Segmenter, planes: list[np.ndarray], concepts: list[str],
     union = {c: np.zeros((n, *size), np.uint8) for c in concepts}
     presence = {c: np.zeros(n, np.float32) for c in concepts}
     found2d: dict[str, list] = {c: [] for c in concepts}
-    for z, plane in enumerate(planes):
-        dets = seg.detect(seg.encode([plane]), text, size)
+    for z, vision in seg.encoded(planes):
+        dets = seg.detect(vision, text, size)
         for concept, det in zip(concepts, dets, strict=True):
             presence[concept][z] = det.presence
             for mask, score in zip(det.masks, det.scores, strict=True):
@@ -145,8 +145,9 @@ def strongest_slice(seg: Sam3Segmenter, planes, concepts, size, text) -> tuple[i
         return n // 2, {}
     scanned = np.unique(np.linspace(0, n - 1, min(n, seg.scan_slices)).round().astype(int))
     strength = {}
-    for z in scanned:
-        dets = seg.detect(seg.encode([planes[z]]), text, size)
+    for i, vision in seg.encoded([planes[z] for z in scanned]):
+        z = scanned[i]
+        dets = seg.detect(vision, text, size)
         best = max(float(d.scores.max()) if len(d.scores) else 0.0 for d in dets)
         strength[int(z)] = (best, max(d.presence for d in dets))
     start = max(strength, key=lambda z: strength[z])

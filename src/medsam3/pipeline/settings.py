@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Self
 
+from medsam3.models.build import uses_gpu
 from medsam3.pipeline.layout import Layout
 
 DEMO_SALT = "medsam3-demo-salt"  # config.yaml's salt: public, so fine for the demo cohort only
@@ -146,12 +147,19 @@ class JobResources:
 
     mem_mb: int
     runtime: int
-    gpu: int
+    gpu: int | str
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any], group: str) -> JobResources:
         """Read one rule group's resources (ingest, segment or report)."""
         return cls(**config["resources"][group])
+
+    def gpus(self, model: ModelSettings | None = None) -> int:
+        """GPUs to ask for: the configured count, or for "auto" 1 when ``model`` will run on a
+        GPU (``medsam3.models.build.uses_gpu`` of its backend and device), else 0."""
+        if self.gpu != "auto":
+            return int(self.gpu)
+        return int(model is not None and uses_gpu(model.backend, model.device))
 
 
 def ground_truth_table(value: str | None, demo_cohort: bool, demo_table: str) -> str:
