@@ -76,27 +76,40 @@ def test_segment_rows_on_mni_brain_mask(mni):
     assert concept["n_components"] >= 1 and concept["score"] == 0.9
 
 
-def test_instances_from_ids_and_components():
+def test_instances_are_the_label_ids():
     arr = np.zeros((2, 20, 30), np.uint8)
     image = MedImage(arr, "volume", (0.5, 0.5, 2.0), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
-    binary = arr.copy()
-    binary[0, 2:5, 2:6] = 1  # 12 voxels
-    binary[1, 10:12, 20:30] = 1  # 20 voxels, not touching the first
-    rows = segment_rows("s", "lesion", binary, image, 0.8, [0.7, 0.6], "compact", "d")
+    ids = arr.copy()
+    ids[0, 2:5, 2:6] = 1  # 12 voxels
+    ids[1, 10:12, 20:30] = 2  # 20 voxels, not touching the first
+    rows = segment_rows("s", "lesion", ids, image, 0.8, [0.7, 0.6], "compact", "d")
     assert [r["level"] for r in rows] == ["concept", "instance", "instance"]
     assert rows[0]["n_components"] == 2 and rows[0]["n_instances"] == 2
     assert [r["voxels"] for r in rows[1:]] == [12, 20]
-    assert [r["score"] for r in rows[1:]] == [0.7, 0.6]
+    assert [r["score"] for r in rows[1:]] == [0.7, 0.6] and rows[0]["score"] == 0.7
     assert rows[2]["bbox_voxel"] == [20, 10, 1, 30, 12, 2]
     assert rows[1]["volume_ml"] == pytest.approx(12 * 0.5 * 0.5 * 2.0 / 1000)
-    ids = binary.copy()
-    ids[ids > 0] = 7
-    ids[0, 2:5, 2:4] = 3  # instance ids 3 and 7 -> instances 1 and 2 (3 touches 7)
-    rows = segment_rows("s", "lesion", ids, image, 0.8, [0.5], "compact", "d")
-    assert rows[0]["n_instances"] == 2 and rows[0]["n_components"] == 2
-    assert [r["voxels"] for r in rows[1:]] == [6, 26]
-    assert rows[1]["score"] == 0.5 and rows[2]["score"] is None
-    assert rows[2]["n_components"] == 2  # id 7 spans both blobs
+    one = (ids > 0).astype(np.uint8)  # one instance in two pieces
+    rows = segment_rows("s", "lesion", one, image, 0.8, [0.5], "compact", "d")
+    assert rows[0]["n_instances"] == 1 and rows[0]["n_components"] == 2
+    assert rows[1]["n_components"] == 2 and rows[1]["score"] == 0.5
+    rows = segment_rows("s", "lesion", ids, image, 0.8, [], "compact", "d")
+    assert [r["score"] for r in rows[1:]] == [0.8, 0.8]  # no scores: the presence, never null
+
+
+def test_sizes_in_mm_only_for_physical_spacing():
+    img = MedImage(np.zeros((10, 12), np.uint8), "image", (1.0, 1.0), (0.0, 0.0), (1, 0, 0, 1),
+                   spacing_unit="pixel")  # fmt: skip
+    m = np.zeros((10, 12), np.uint8)
+    m[1:4, 2:7] = 1
+    row = segment_rows("s", "polyp", m, img, 0.9, [0.9], "compact", "d")[0]
+    assert (row["area_px"], row["area_mm2"], row["spacing_unit"]) == (15, None, "pixel")
+    vol = MedImage(np.zeros((2, 10, 12), np.uint8), "volume", (1.0, 1.0, 1.0), (0.0,) * 3,
+                   tuple(np.eye(3).ravel()), spacing_unit="pixel")  # fmt: skip
+    row = segment_rows("s", "x", np.stack([m, m]), vol, 0.9, [0.9], "compact", "d")[0]
+    assert (row["voxels"], row["volume_ml"]) == (30, None)
+    empty = segment_rows("s", "x", np.zeros_like(m), img, 0.1, [], "compact", "d")[0]
+    assert (empty["area_px"], empty["area_mm2"]) == (0, None)
 
 
 def test_image_and_video_rows():
