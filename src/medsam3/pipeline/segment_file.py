@@ -10,18 +10,81 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 
 from medsam3.io.atomic import write_text_atomic
+from medsam3.io.dicom import map_modality
 from medsam3.io.image import MedImage
 from medsam3.io.masks import write_concept_masks, write_multilabel_nifti
 from medsam3.io.read import read_source
 from medsam3.models.base import ConceptResult, Segmenter
-from medsam3.models.concepts import log_unknown_phrases
+from medsam3.models.concepts import load_vocabulary, log_unknown_phrases
+from medsam3.models.inputs import InputError, check_concepts
 from medsam3.models.orientation import segment_in_display_order
 from medsam3.reports.tables import segment_rows
 
 log = logging.getLogger("medsam3.segment")
+
+
+def check_request(
+    input_path: str | Path, concepts: list[str], outdir: str | Path, modality: str | None
+) -> tuple[MedImage, list[str], str | None]:
+    """Check everything ``medsam3 segment`` was given before a model is loaded.
+
+    Args:
+        input_path: the file or DICOM series folder.
+        concepts: the phrases (``-p``).
+        outdir: the output folder (``-o``).
+        modality: ``--modality`` or None.
+
+    Returns:
+        (the input read, the phrases stripped, the modality in medsam3's lower-case name).
+
+    Raises:
+        InputError: an empty or repeated phrase, an unknown modality, an output folder that is
+            a file or cannot be written. ReadError: the input is missing or unreadable.
+    """
+    phrases = check_concepts(concepts)
+    name = check_modality(modality)
+    image = read_source(input_path, modality=name)
+    check_output_folder(outdir)
+    return image, phrases, name
+
+
+def check_modality(modality: str | None) -> str | None:
+    """The lower-case modality for a ``--modality`` value (a name or a DICOM code), or raise.
+
+    Known: every modality of the vocabulary (``medsam3 concepts``) and DICOM's codes (CT, MR,
+    US, CR, DX, XA, ES, OP, SM, ...) mapped to them.
+    """
+    if modality is None:
+        return None
+    name = map_modality(modality) or modality.strip().lower()
+    known = sorted({m for c in load_vocabulary() for m in c.modality})
+    if name not in known:
+        raise InputError(
+            f"--modality {modality!r} is not a known modality; use one of {', '.join(known)} "
+            "(or a DICOM code such as CT or MR)"
+        )
+    return name
+
+
+def check_output_folder(outdir: str | Path) -> Path:
+    """The output folder, created; raise when it is a file or cannot be written."""
+    folder = Path(outdir).expanduser()
+    for part in (folder, *folder.parents):
+        if part.exists() and not part.is_dir():
+            raise InputError(f"-o {outdir}: {part} is a file, not a folder; give a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(
+            f"-o {outdir}: cannot create it ({exc.strerror}); give another folder"
+        ) from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise InputError(f"-o {outdir}: the folder is not writable; give another folder")
+    return folder
 SIZE_KEYS = ("voxels", "area_px", "area_mm2", "volume_ml")
 
 
@@ -96,7 +159,7 @@ def _write_concept(
         "files": sorted({p.relative_to(outdir).parts[0] for p in written}),
         "nearest_known": result.nearest_known,
     }
-    log.info(
+    log.debug(
         "%s: presence %.3f, %d instance(s)", result.concept, result.presence, entry["n_instances"]
     )
     return entry
