@@ -14,7 +14,8 @@ import pytest
 import SimpleITK as sitk
 
 from medsam3.io.image import ImageInfo, MedImage
-from medsam3.reports.html import best_worst, save_figures, write_html_report
+from medsam3.reports.figures import Overlay, thumbnail_png
+from medsam3.reports.html import RunInfo, best_worst, save_figures, write_html_report
 from medsam3.reports.provenance import config_hash, file_digest, git_commit, provenance_row
 from medsam3.reports.tables import (
     FAILURES_SCHEMA,
@@ -239,17 +240,47 @@ def test_duckdb_example_and_html_report(tmp_path, mni):
     assert cases[-1][2] == min(m["dice"] for m in metrics)
     image, _ = mni
     plane = (image.array[45] > 0).astype(np.uint8) * 200
-    overlays = [("best", plane, plane > 0), ("worst", np.dstack([plane] * 3), plane[::-1] > 0)]
-    html = write_html_report(tmp_path, tmp_path / "report.html", overlays).read_text()
+    overlays = [
+        Overlay("best", plane, {"liver": plane > 0}, {"liver": plane > 0}),
+        Overlay("worst", np.dstack([plane] * 3), {"liver": plane[::-1] > 0}),
+    ]
+    thumb = thumbnail_png(overlays[0])
+    legend = [("#ff0000", "x")]
+    run = RunInfo("2026-01-01T00:00:00+00:00", "cohort.csv", 0.5, {"s0": (thumb, legend)})
+    html = write_html_report(tmp_path, tmp_path / "report.html", overlays, run).read_text()
     images = html.split('src="data:image/png;base64,')[1:]
-    assert len(images) == 3  # sizes, dice, overlays
+    assert len(images) == 4  # the thumbnail of s0, sizes, dice, overlays
     for chunk in images:
         assert base64.b64decode(chunk.split('"')[0]).startswith(b"\x89PNG")
     assert "Failures by stage" in html and "<td>ingest</td><td>1</td>" in html
-    assert "<h2>Concepts</h2>" in html and "median presence" in html
+    assert "<td>s9</td><td>ingest</td><td>unreadable</td>" in html  # failed ids and reasons
+    assert "<td>cohort</td><td>cohort.csv</td>" in html and "presence threshold" in html
+    assert "<h2>Concepts</h2>" in html and "presence min / q25 / median / q75 / max" in html
+    assert html.count('<img class="th"') == 1 and "mri volumes" not in html
     saved = save_figures(tmp_path, tmp_path / "figures", overlays)
     assert sorted(saved) == ["dice", "overlays", "sizes"]
     assert all(p.read_bytes().startswith(b"\x89PNG") for p in saved.values())
+
+
+def test_best_and_worst_cases_are_distinct(tmp_path):
+    rows = [
+        metrics_row(f"s{i}", "liver", {"dice": d, "iou": d, "nsd": d, "hd95": 1.0,
+                    "pred_voxels": 1, "truth_voxels": 1}, 0.9, 0.5, 2.0)
+        for i, d in enumerate([0.9, 0.8, 0.7])
+    ]  # fmt: skip
+    write_parquet_atomic(rows, tmp_path / "metrics.parquet", METRICS_SCHEMA)
+    cases = best_worst(tmp_path, n=2)
+    assert [c[0] for c in cases] == ["s0", "s1", "s2"]  # three cases, none twice
+
+
+def test_a_concept_found_nowhere_is_explained(tmp_path):
+    img = MedImage(np.zeros((10, 12), np.uint8), "image", (1.0, 1.0), (0.0, 0.0), (1, 0, 0, 1))
+    empty = np.zeros((10, 12), np.uint8)
+    rows = [r for i, p in enumerate([0.1, 0.3]) for r in segment_rows(
+        f"s{i}", "polyp", empty, img, p, [], "compact", "d")]  # fmt: skip
+    write_parquet_atomic(rows, tmp_path / "segments.parquet", SEGMENTS_SCHEMA)
+    html = write_html_report(tmp_path, tmp_path / "r.html", run=RunInfo("-", "-", 0.5)).read_text()
+    assert "no hit: presence below the threshold 0.50 in 2 of 2 studies (max 0.30)" in html
 
 
 def test_html_report_without_tables(tmp_path):

@@ -115,6 +115,7 @@ def _store_result(store: Path, result: ConceptResult, model: Segmenter) -> None:
         "encoding": "instances",
         "nearest_known": list(result.nearest_known),
         "display_order": result.extra.get("display_order"),  # volumes: flips the model saw
+        "presence_threshold": getattr(model, "presence_threshold", None),
     }
     write_label(store, concept_slug(result.concept), label, attrs, scores=scores)
 
@@ -164,7 +165,7 @@ def segment_study(study: Study, model: Segmenter, settings: SegmentSettings) -> 
         modality_predicted=choice.predicted,
         modality_confidence=choice.confidence,
     )
-    concepts = concepts_for(study, image.modality, settings.default_concepts)
+    concepts = concepts_for(study, image.modality, settings.default_concepts, image.body_region)
     if not concepts:
         record.status, record.error = "failed", _no_concepts(image.modality)
         return record
@@ -257,10 +258,11 @@ def segment_shard(name: str, studies: list[Study], settings: SegmentSettings) ->
     load_s = time.time() - start
     records = []
     for i, study in enumerate(studies, start=1):
+        log.info("segment %s (%s, study %d of %d): started", study.study_id, name, i, len(studies))
         t0 = time.time()
         records.append(_segment_safely(study, model, settings))
         records[-1].seconds = time.time() - t0
-        log.info("[%s %d/%d] %s: %s", name, i, len(studies), study.study_id, records[-1].status)
+        log.info(progress_line(name, i, len(studies), records[-1]))
     prov = provenance_row(
         f"segment/{name}",
         model.name,
@@ -275,6 +277,21 @@ def segment_shard(name: str, studies: list[Study], settings: SegmentSettings) ->
     status = JobStatus("segment", name, records, model_load_s=load_s)
     write_status(layout.status("segment", name), status)
     return status
+
+
+def progress_line(shard: str, index: int, total: int, record: StudyStatus) -> str:
+    """The line a segment job prints per study (Snakemake shows it as the run goes).
+
+    Example: ``segment demo-mr-series (shard-0000, study 1 of 4): ok in 12.3 s, 1 concept
+    (brain), 1 computed``; a failed study ends with its reason.
+    """
+    head = f"segment {record.study_id} ({shard}, study {index} of {total}): {record.status}"
+    head += f" in {record.seconds or 0.0:.1f} s"
+    if record.status != "ok":
+        return f"{head}: {record.error}"
+    names = ", ".join(record.concepts)
+    count = f"{len(record.concepts)} concept{'s' if len(record.concepts) != 1 else ''}"
+    return f"{head}, {count} ({names}), {len(record.computed)} computed"
 
 
 def _model_kwargs(model: ModelSettings) -> dict:
