@@ -129,6 +129,11 @@ def _size_text(row) -> str:
     return f"{int(row['voxels'])} {unit}"
 
 
+def _text(value, missing: str = "-") -> str:
+    """A cell's text: ``missing`` for None and NaN."""
+    return missing if value is None or (isinstance(value, float) and value != value) else str(value)
+
+
 def _legend_html(legend: list[tuple[str, str]]) -> str:
     return "<br>".join(
         f'<span class="sw" style="background:{c}"></span>{html.escape(label)}'
@@ -150,7 +155,7 @@ def _studies_html(reports_dir: Path, run: RunInfo) -> str:
         if segs is not None:
             own = segs[(segs["study_id"] == st["study_id"]) & (segs["level"] == "concept")]
             for r in own.to_dict("records"):
-                text = f"{r['concept']}: {r['n_instances']} inst., {_size_text(r)}"
+                text = f"{r['concept']}: {int(r['n_instances'])} inst., {_size_text(r)}"
                 d = dice.get((st["study_id"], r["concept"]))
                 text += f", Dice {d:.2f}" if d is not None and d == d else ""
                 found.append(html.escape(text))
@@ -161,12 +166,12 @@ def _studies_html(reports_dir: Path, run: RunInfo) -> str:
             if thumb
             else "-"
         )
-        modality = f"{st.get('modality') or '-'} ({st.get('modality_source') or '-'})"
-        region = st.get("body_region") or "-"
-        reason = html.escape(str(st.get("error") or ""))
+        modality = f"{_text(st.get('modality'))} ({_text(st.get('modality_source'))})"
+        region = _text(st.get("body_region"))
+        reason = html.escape(_text(st.get("error"), ""))
         rows.append(
             [html.escape(st["study_id"]), html.escape(str(st["status"])), html.escape(
-                f"{st.get('kind') or '-'}, {modality}, {region}"), "<br>".join(found) or reason,
+                f"{_text(st.get('kind'))}, {modality}, {region}"), "<br>".join(found) or reason,
              img, _legend_html(legend)]  # fmt: skip
         )
     note = "" if len(studies) <= MAX_STUDY_ROWS else f" (first {MAX_STUDY_ROWS} of {len(studies)})"
