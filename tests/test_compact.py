@@ -206,9 +206,10 @@ def test_segment_file_on_a_video_writes_frames_and_names_their_folder(model, tmp
     video = build_demo(tmp_path).parent / "data" / "echo_clip.mp4"
     summary = segment_file(video, ["left ventricle"], tmp_path / "out", model)
     assert summary["input_kind"] == "video"
-    assert summary["concepts"]["left ventricle"]["file"] == "left_ventricle"
-    frames = sorted((tmp_path / "out" / "left_ventricle").iterdir())
+    assert summary["concepts"]["left ventricle"]["files"] == ["left_ventricle"]
+    frames = sorted((tmp_path / "out" / "left_ventricle").glob("frame_*.png"))
     assert frames[0].name == "frame_0000.png" and len(frames) == 8
+    assert (tmp_path / "out" / "left_ventricle" / "mask.nii.gz").is_file()
 
 
 def test_bilateral_midline_needs_one_organ_on_each_side():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import highdicom as hd
@@ -15,15 +16,15 @@ from PIL import Image
 from pydicom.data import get_testdata_file
 
 from medsam3.io.common import concept_slug
+from medsam3.io.dicom_seg import concept_codes, export_dicom_seg, sort_along_normal
 from medsam3.io.image import MedImage
 from medsam3.io.masks import (
-    concept_codes,
-    export_dicom_seg,
     export_nifti,
     export_png,
     export_video_masks,
-    sort_along_normal,
+    instance_labels,
     write_concept_masks,
+    write_multilabel_nifti,
 )
 from medsam3.io.read import read_source
 
@@ -177,14 +178,17 @@ def test_dicom_seg_rejects_mismatched_series(tmp_path, ct_series):
 
 
 def test_write_concept_masks_picks_files_by_kind_and_format(tmp_path, volume):
+    """PNGs are 0/255 for viewing, NIfTIs hold the instance ids (2D, volume and video)."""
     image = MedImage(np.zeros((4, 5), np.uint8), "image", (1.0, 1.0), (0.0, 0.0), (1, 0, 0, 1))
     mask = np.zeros((4, 5), np.uint8)
-    mask[1, 1:3] = 1
+    mask[1, 1:3], mask[3, 4] = 1, 2
     written = write_concept_masks(mask, image, "left kidney", tmp_path / "a")
-    assert [p.name for p in written] == ["left_kidney.png"]
-    other = write_concept_masks(mask, image, "Left Kidney", tmp_path / "a")  # another phrase
-    assert [p.name for p in other] == [f"{concept_slug('Left Kidney')}.png"] != written
-    assert write_concept_masks(mask, image, "x", tmp_path / "b", formats=["nifti"]) == []
+    assert [p.name for p in written] == ["left_kidney.png", "left_kidney.nii.gz"]
+    png = np.asarray(Image.open(written[0]))
+    np.testing.assert_array_equal(png, (mask > 0) * 255)
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(written[1]))), mask)
+    other = write_concept_masks(mask, image, "Left Kidney", tmp_path / "a", formats=["png"])
+    assert [p.name for p in other] == [f"{concept_slug('Left Kidney')}.png"] != written[:1]
     vmask = (volume.array > 0).astype(np.uint8)
     both = write_concept_masks(
         vmask, volume, "liver", tmp_path / "c", ["png", "nifti", "dicom-seg"]
@@ -196,9 +200,46 @@ def test_write_concept_masks_picks_files_by_kind_and_format(tmp_path, volume):
     assert [str(p.relative_to(tmp_path / "d")) for p in frames] == [
         "polyp/frame_0000.png",
         "polyp/frame_0001.png",
+        "polyp/mask.nii.gz",
     ]
+    assert set(np.unique(np.asarray(Image.open(frames[0])))) == {0, 255}
     (nii,) = write_concept_masks(vid, video, "polyp", tmp_path / "e", formats=["nifti"])
     assert nii.relative_to(tmp_path / "e") == Path("polyp/mask.nii.gz")
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(nii))), vid)
+
+
+def test_instances_are_the_models_when_they_cover_the_union_else_components():
+    union = np.zeros((8, 8), np.uint8)
+    union[1:3, 1:3] = union[5:7, 5:7] = 1
+    first = np.zeros((8, 8), bool)
+    first[1:3, 1:3] = True
+    second = union.astype(bool) & ~first
+    label, scores = instance_labels(union, [first, second], [0.9, 0.8], presence=0.95)
+    assert set(np.unique(label)) == {0, 1, 2} and scores == [0.9, 0.8]
+    assert label.dtype == np.uint8 and label[1, 1] == 1 and label[6, 6] == 2
+    # one instance misses part of the union: the 8-connected components, scored by overlap
+    label, scores = instance_labels(union, [first], [0.7], presence=0.6)
+    np.testing.assert_array_equal(label > 0, union > 0)
+    assert scores == [0.7, 0.6] and label[1, 1] == 1  # the uncovered one gets the presence
+    diagonal = np.eye(6, dtype=np.uint8)  # touching corners: one 8-connected instance
+    assert instance_labels(diagonal, [], [], 0.5)[1] == [0.5]
+    many = np.zeros((40, 40), np.uint8)
+    many[::2, ::2] = 1  # 400 isolated pixels: ids above 255
+    label, scores = instance_labels(many, [], [], 0.5)
+    assert label.dtype == np.uint16 and label.max() == 400 and len(scores) == 400
+    assert not any(np.isnan(scores))
+
+
+def test_multilabel_nifti_and_its_sidecar(tmp_path, volume):
+    liver = np.zeros(volume.spatial_shape, np.uint8)
+    liver[1:3, 2:4, 2:5] = 2  # instance ids do not matter: value = the concept's number
+    spleen = np.zeros(volume.spatial_shape, np.uint8)
+    spleen[2:4, 2:4, 2:5] = 1
+    nii, sidecar = write_multilabel_nifti({"liver": liver, "spleen": spleen}, volume, tmp_path)
+    merged = sitk.GetArrayFromImage(sitk.ReadImage(str(nii)))
+    assert json.loads(sidecar.read_text()) == {"1": "liver", "2": "spleen"}
+    assert (merged[1:3, 2:4, 2:5] == 1).all() and (merged[3, 2:4, 2:5] == 2).all()
+    assert (merged > 0).sum() == ((liver > 0) | (spleen > 0)).sum()
 
 
 def test_dicom_seg_frames_meet_the_slices_the_reader_stacked(tmp_path, ct_series):

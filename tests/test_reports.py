@@ -14,7 +14,8 @@ import pytest
 import SimpleITK as sitk
 
 from medsam3.io.image import ImageInfo, MedImage
-from medsam3.reports.html import best_worst, save_figures, write_html_report
+from medsam3.reports.figures import Overlay, thumbnail_png
+from medsam3.reports.html import RunInfo, best_worst, save_figures, write_html_report
 from medsam3.reports.provenance import config_hash, file_digest, git_commit, provenance_row
 from medsam3.reports.tables import (
     FAILURES_SCHEMA,
@@ -76,27 +77,40 @@ def test_segment_rows_on_mni_brain_mask(mni):
     assert concept["n_components"] >= 1 and concept["score"] == 0.9
 
 
-def test_instances_from_ids_and_components():
+def test_instances_are_the_label_ids():
     arr = np.zeros((2, 20, 30), np.uint8)
     image = MedImage(arr, "volume", (0.5, 0.5, 2.0), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
-    binary = arr.copy()
-    binary[0, 2:5, 2:6] = 1  # 12 voxels
-    binary[1, 10:12, 20:30] = 1  # 20 voxels, not touching the first
-    rows = segment_rows("s", "lesion", binary, image, 0.8, [0.7, 0.6], "compact", "d")
+    ids = arr.copy()
+    ids[0, 2:5, 2:6] = 1  # 12 voxels
+    ids[1, 10:12, 20:30] = 2  # 20 voxels, not touching the first
+    rows = segment_rows("s", "lesion", ids, image, 0.8, [0.7, 0.6], "compact", "d")
     assert [r["level"] for r in rows] == ["concept", "instance", "instance"]
     assert rows[0]["n_components"] == 2 and rows[0]["n_instances"] == 2
     assert [r["voxels"] for r in rows[1:]] == [12, 20]
-    assert [r["score"] for r in rows[1:]] == [0.7, 0.6]
+    assert [r["score"] for r in rows[1:]] == [0.7, 0.6] and rows[0]["score"] == 0.7
     assert rows[2]["bbox_voxel"] == [20, 10, 1, 30, 12, 2]
     assert rows[1]["volume_ml"] == pytest.approx(12 * 0.5 * 0.5 * 2.0 / 1000)
-    ids = binary.copy()
-    ids[ids > 0] = 7
-    ids[0, 2:5, 2:4] = 3  # instance ids 3 and 7 -> instances 1 and 2 (3 touches 7)
-    rows = segment_rows("s", "lesion", ids, image, 0.8, [0.5], "compact", "d")
-    assert rows[0]["n_instances"] == 2 and rows[0]["n_components"] == 2
-    assert [r["voxels"] for r in rows[1:]] == [6, 26]
-    assert rows[1]["score"] == 0.5 and rows[2]["score"] is None
-    assert rows[2]["n_components"] == 2  # id 7 spans both blobs
+    one = (ids > 0).astype(np.uint8)  # one instance in two pieces
+    rows = segment_rows("s", "lesion", one, image, 0.8, [0.5], "compact", "d")
+    assert rows[0]["n_instances"] == 1 and rows[0]["n_components"] == 2
+    assert rows[1]["n_components"] == 2 and rows[1]["score"] == 0.5
+    rows = segment_rows("s", "lesion", ids, image, 0.8, [], "compact", "d")
+    assert [r["score"] for r in rows[1:]] == [0.8, 0.8]  # no scores: the presence, never null
+
+
+def test_sizes_in_mm_only_for_physical_spacing():
+    img = MedImage(np.zeros((10, 12), np.uint8), "image", (1.0, 1.0), (0.0, 0.0), (1, 0, 0, 1),
+                   spacing_unit="pixel")  # fmt: skip
+    m = np.zeros((10, 12), np.uint8)
+    m[1:4, 2:7] = 1
+    row = segment_rows("s", "polyp", m, img, 0.9, [0.9], "compact", "d")[0]
+    assert (row["area_px"], row["area_mm2"], row["spacing_unit"]) == (15, None, "pixel")
+    vol = MedImage(np.zeros((2, 10, 12), np.uint8), "volume", (1.0, 1.0, 1.0), (0.0,) * 3,
+                   tuple(np.eye(3).ravel()), spacing_unit="pixel")  # fmt: skip
+    row = segment_rows("s", "x", np.stack([m, m]), vol, 0.9, [0.9], "compact", "d")[0]
+    assert (row["voxels"], row["volume_ml"]) == (30, None)
+    empty = segment_rows("s", "x", np.zeros_like(m), img, 0.1, [], "compact", "d")[0]
+    assert (empty["area_px"], empty["area_mm2"]) == (0, None)
 
 
 def test_image_and_video_rows():
@@ -226,17 +240,47 @@ def test_duckdb_example_and_html_report(tmp_path, mni):
     assert cases[-1][2] == min(m["dice"] for m in metrics)
     image, _ = mni
     plane = (image.array[45] > 0).astype(np.uint8) * 200
-    overlays = [("best", plane, plane > 0), ("worst", np.dstack([plane] * 3), plane[::-1] > 0)]
-    html = write_html_report(tmp_path, tmp_path / "report.html", overlays).read_text()
+    overlays = [
+        Overlay("best", plane, {"liver": plane > 0}, {"liver": plane > 0}),
+        Overlay("worst", np.dstack([plane] * 3), {"liver": plane[::-1] > 0}),
+    ]
+    thumb = thumbnail_png(overlays[0])
+    legend = [("#ff0000", "x")]
+    run = RunInfo("2026-01-01T00:00:00+00:00", "cohort.csv", 0.5, {"s0": (thumb, legend)})
+    html = write_html_report(tmp_path, tmp_path / "report.html", overlays, run).read_text()
     images = html.split('src="data:image/png;base64,')[1:]
-    assert len(images) == 3  # sizes, dice, overlays
+    assert len(images) == 4  # the thumbnail of s0, sizes, dice, overlays
     for chunk in images:
         assert base64.b64decode(chunk.split('"')[0]).startswith(b"\x89PNG")
     assert "Failures by stage" in html and "<td>ingest</td><td>1</td>" in html
-    assert "<h2>Concepts</h2>" in html and "median presence" in html
+    assert "<td>s9</td><td>ingest</td><td>unreadable</td>" in html  # failed ids and reasons
+    assert "<td>cohort</td><td>cohort.csv</td>" in html and "presence threshold" in html
+    assert "<h2>Concepts</h2>" in html and "presence min / q25 / median / q75 / max" in html
+    assert html.count('<img class="th"') == 1 and "mri volumes" not in html
     saved = save_figures(tmp_path, tmp_path / "figures", overlays)
     assert sorted(saved) == ["dice", "overlays", "sizes"]
     assert all(p.read_bytes().startswith(b"\x89PNG") for p in saved.values())
+
+
+def test_best_and_worst_cases_are_distinct(tmp_path):
+    rows = [
+        metrics_row(f"s{i}", "liver", {"dice": d, "iou": d, "nsd": d, "hd95": 1.0,
+                    "pred_voxels": 1, "truth_voxels": 1}, 0.9, 0.5, 2.0)
+        for i, d in enumerate([0.9, 0.8, 0.7])
+    ]  # fmt: skip
+    write_parquet_atomic(rows, tmp_path / "metrics.parquet", METRICS_SCHEMA)
+    cases = best_worst(tmp_path, n=2)
+    assert [c[0] for c in cases] == ["s0", "s1", "s2"]  # three cases, none twice
+
+
+def test_a_concept_found_nowhere_is_explained(tmp_path):
+    img = MedImage(np.zeros((10, 12), np.uint8), "image", (1.0, 1.0), (0.0, 0.0), (1, 0, 0, 1))
+    empty = np.zeros((10, 12), np.uint8)
+    rows = [r for i, p in enumerate([0.1, 0.3]) for r in segment_rows(
+        f"s{i}", "polyp", empty, img, p, [], "compact", "d")]  # fmt: skip
+    write_parquet_atomic(rows, tmp_path / "segments.parquet", SEGMENTS_SCHEMA)
+    html = write_html_report(tmp_path, tmp_path / "r.html", run=RunInfo("-", "-", 0.5)).read_text()
+    assert "no hit: presence below the threshold 0.50 in 2 of 2 studies (max 0.30)" in html
 
 
 def test_html_report_without_tables(tmp_path):

@@ -101,5 +101,12 @@ def test_the_run_summary_counts_studies_and_says_what_to_do(tmp_path):
     text = run_summary(layout, ["a", "b", "c", "d"], layout.table("failures"))
     assert text.startswith("medsam3: 4 studies: 3 ingested, 1 segmented, 2 failed on their")
     assert "1 not ingested yet; 1 with ingest warnings" in text and "failures.parquet" in text
+    assert "Studies ok: 1 of 4; failed: 2." in text
+    assert "  failed: c (ingest): truncated file" in text and "  failed: b (segment)" in text
+    assert "exit status 0" in text and "Report:" not in text
+    (layout.reports).mkdir(parents=True, exist_ok=True)
+    layout.html_report().write_text("<html></html>")
+    with_report = run_summary(layout, ["a"], layout.table("failures"), report=layout.html_report())
+    assert f"Report: {layout.html_report()}" in with_report
     stopped = run_summary(layout, ["a"], layout.table("failures"), stopped=True)
     assert "Environment errors (disk full" in stopped and "run the same command again" in stopped

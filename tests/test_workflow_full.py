@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 
 import highdicom as hd
@@ -68,7 +69,11 @@ def full_run(tmp_path_factory):
         timeout=1800,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
+    full_run_output[out] = proc.stderr
     return root, out
+
+
+full_run_output: dict = {}  # outdir -> the run's Snakemake output (stderr)
 
 
 def test_reports_cover_every_study(full_run):
@@ -90,6 +95,105 @@ def test_reports_cover_every_study(full_run):
     for concept in ("lung", "liver"):  # listed whether or not the model found them
         n = (concept_rows["concept"] == concept).sum()
         assert f"<td>{concept}</td><td>{n}</td><td>{found[concept]}</td>" in page
+    assert "<td>broken</td><td>ingest</td><td><source> does not exist" not in page  # escaped
+    assert "<td>broken</td><td>ingest</td><td>&lt;source&gt; does not exist" in page
+    assert page.count('<img class="th"') == 3  # a thumbnail for every segmented study
+    by_study = concept_rows.set_index("study_id")
+    assert by_study.loc["img-0", "spacing_unit"] == "pixel"
+    assert pd.isna(by_study.loc["img-0", "area_mm2"])  # a PNG has no physical spacing
+    assert by_study.loc["ct", "spacing_unit"] == "mm" and by_study.loc["ct", "volume_ml"] >= 0
+    assert not segments.query("level == 'instance'")["score"].isna().any()  # every one scored
+    assert (concept_rows["n_instances"] == segments[segments["level"] == "instance"]
+            .groupby("study_id").size().reindex(concept_rows["study_id"], fill_value=0)
+            .to_numpy()).all()  # fmt: skip
+
+
+def test_the_terminal_shows_each_study_and_the_summary(full_run):
+    _, out = full_run
+    stderr = full_run_output[out]
+    for sid in ("img-0", "img-1", "ct"):
+        assert f"segment {sid} (shard-" in stderr and "study 1 of 1): ok in " in stderr
+    assert "Studies ok: 3 of 4; failed: 1." in stderr
+    assert "  failed: broken (ingest): <source> does not exist" in stderr
+    assert f"Report: {out / 'reports' / 'report.html'}" in stderr
+
+
+def test_pipeline_stores_open_in_an_ngff_reader(full_run):
+    """ome-zarr-py reads the stores: scale from the spacing (z, y, x), units, label names."""
+    from ome_zarr.io import parse_url
+    from ome_zarr.reader import Reader
+
+    _, out = full_run
+    for sid, scale, unit, label in (
+        ("ct", [3.0, 0.9, 0.8], "millimeter", "liver"),
+        ("img-0", [1.0, 1.0], None, "lung"),
+    ):
+        nodes = list(Reader(parse_url(str(out / "zarr" / f"{sid}.zarr")))())
+        meta = {n.metadata.get("name"): n.metadata for n in nodes if n.metadata.get("name")}
+        assert set(meta) == {sid, label}
+        got = meta[sid]["coordinateTransformations"][0][0]["scale"]
+        np.testing.assert_allclose(got, scale, atol=1e-4)
+        assert {a.get("unit") for a in meta[sid]["axes"]} == {unit}
+        assert "color" in meta[label]  # an NGFF image-label (colours per instance id)
+
+
+def test_cli_and_pipeline_masks_are_identical(full_run):
+    """`medsam3 segment` on a study's source writes the pipeline's masks and counts."""
+    root, out = full_run
+    cli = [sys.executable, "-m", "medsam3.cli", "segment"]
+    for sid, source, concept, modality, files in (
+        ("img-0", "data/img0.png", "lung", ["--modality", "xray"], ["lung.png", "lung.nii.gz"]),
+        ("ct", "data/ct_series", "liver", [], ["liver.nii.gz"]),
+    ):
+        run = subprocess.run(
+            [*cli, source, "-p", concept, "-o", f"cli-{sid}", "--json", *modality],
+            cwd=root, capture_output=True, encoding="utf-8", timeout=900,
+        )  # fmt: skip
+        assert run.returncode == 0, run.stderr
+        for name in files:
+            mine, theirs = root / f"cli-{sid}" / name, out / "masks" / sid / name
+            np.testing.assert_array_equal(_decoded(mine), _decoded(theirs))
+        summary = json.loads(run.stdout)["concepts"][concept]
+        segments = pd.read_parquet(out / "reports" / "segments.parquet")
+        row = segments.query("study_id == @sid and level == 'concept'").iloc[0]
+        assert summary["n_instances"] == row["n_instances"]
+        assert summary["n_components"] == row["n_components"]
+        assert summary["voxels"] == row["voxels"]
+
+
+def _decoded(path):
+    """A mask file's voxels (PNG or NIfTI)."""
+    if path.suffix == ".png":
+        return np.asarray(Image.open(path))
+    return sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
+
+
+def test_snakemake_report_holds_the_figures(full_run):
+    root, out = full_run
+    run = subprocess.run(
+        _cmd(root, out, "--report", str(root / "snakemake_report.zip")),
+        cwd=root, capture_output=True, encoding="utf-8", timeout=600,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    import zipfile
+
+    names = zipfile.ZipFile(root / "snakemake_report.zip").namelist()
+    for figure in ("sizes.png", "dice.png", "overlays.png", "report.html"):
+        assert any(n.endswith(figure) for n in names), names
+
+
+def test_report_renders_in_a_headless_browser(full_run, tmp_path):
+    """Chromium (through selenium) loads report.html: no console error, every image decoded,
+    a screenshot that is not blank."""
+    from browser import open_page
+
+    _, out = full_run
+    with open_page(out / "reports" / "report.html", tmp_path) as page:
+        assert page.errors == [], page.errors
+        assert page.images_ok, "an image of the report did not decode"
+        pixels = page.screenshot.astype(float)
+        assert pixels.std() > 20 and (pixels < 128).mean() > 0.01  # text and pictures
+        assert "medsam3 report" in page.title
 
 
 def test_exports_keep_source_geometry(full_run):

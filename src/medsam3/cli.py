@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import sys
+from pathlib import Path
 
 from medsam3._version import __version__
 
@@ -22,6 +23,10 @@ def _cmd_discover(args: argparse.Namespace) -> int:
 
 
 def _cmd_segment(args: argparse.Namespace) -> int:
+    from medsam3.pipeline.segment_file import check_request
+
+    # Everything the user gave is checked before the model loads (15 s on a CPU).
+    image, phrases, modality = check_request(args.input, args.prompt, args.output, args.modality)
     from medsam3.models.build import load_model, resolve_device
     from medsam3.pipeline.segment_file import segment_file
 
@@ -32,9 +37,35 @@ def _cmd_segment(args: argparse.Namespace) -> int:
             raise ValueError("--lora adapts SAM 3 weights; use it with --backend sam3")
         options = {"lora": args.lora, "lora_alpha": args.lora_alpha}
     model = load_model(args.backend, checkpoint=args.checkpoint, device=device, **options)
-    summary = segment_file(args.input, args.prompt, args.output, model, modality=args.modality)
-    print(json.dumps(summary["concepts"], indent=2))
+    summary = segment_file(
+        args.input, phrases, args.output, model, modality, multilabel=args.ml, image=image
+    )
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    elif not args.quiet:
+        for line in _summary_lines(summary, args.output):
+            print(line)
     return 0
+
+
+def _summary_lines(summary: dict, output: str) -> list[str]:
+    """One line per concept (presence, instances, size with its unit, files), then the summary."""
+    lines = []
+    for phrase, c in summary["concepts"].items():
+        if "volume_ml" in c:
+            size = f"{c['volume_ml']:.1f} ml"
+        elif "area_mm2" in c:
+            size = f"{c['area_mm2']:.0f} mm²"
+        else:
+            size = f"{c['voxels']} {'pixels' if summary['input_kind'] != 'volume' else 'voxels'}"
+            size += " (no physical spacing)" if summary["spacing_unit"] == "pixel" else ""
+        files = ", ".join(c["files"])
+        lines.append(
+            f"{phrase}: presence {c['presence']:.2f}, {c['n_instances']} instance(s), {size}"
+            f" -> {files}"
+        )
+    lines.append(f"summary: {Path(output) / 'summary.json'}")
+    return lines
 
 
 def _cmd_import_weights(args: argparse.Namespace) -> int:
@@ -102,7 +133,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--salt", default="medsam3", help="salt for derived study ids")
     p.set_defaults(func=_cmd_discover)
 
-    p = sub.add_parser("segment", help="segment concepts in one image, volume or video")
+    p = sub.add_parser(
+        "segment",
+        help="segment concepts in one image, volume or video",
+        description="Segment concepts in one image, volume or video: masks (PNG 0/255, NIfTI "
+        "instance ids) and summary.json in the output folder. Inputs, phrases, modality and "
+        "the output folder are checked before the model loads.",
+    )
     p.add_argument("input", help="file or DICOM series folder")
     p.add_argument("-p", "--prompt", action="append", required=True, help="concept phrase")
     p.add_argument("-o", "--output", required=True, help="output folder")
@@ -120,6 +157,14 @@ def build_parser() -> argparse.ArgumentParser:
         default="auto",
         help="auto (cuda when available and the backend runs on it; compact: cpu), cpu, cuda:N",
     )
+    p.add_argument(
+        "--ml",
+        action="store_true",
+        help="also write one multi-label NIfTI (segmentations.nii.gz + segmentations.json)",
+    )
+    out = p.add_mutually_exclusive_group()
+    out.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
+    out.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
     p.set_defaults(func=_cmd_segment)
 
     p = sub.add_parser(
@@ -152,9 +197,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_evaluate)  # its own options: medsam3 evaluate --help
 
     p = sub.add_parser("demo", help="build the embedded demo cohort")
-    p.add_argument("-o", "--output", default="resources/demo")
+    p.add_argument("-o", "--output", default="results/demo", help="folder (not the checkout)")
     p.set_defaults(func=_cmd_demo)
     return parser
+
+
+def _setup_logging(args: argparse.Namespace) -> None:
+    """medsam3's own log lines on stderr; other libraries' INFO lines and progress bars stay
+    off (the root logger is left at WARNING: sentence-transformers shows its "Batches" bar
+    only when its logger is at INFO)."""
+    level = logging.DEBUG if args.verbose else logging.ERROR if args.quiet else logging.INFO
+    logger = logging.getLogger("medsam3")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    logger.handlers[:] = [handler]
+    logger.setLevel(level)
+    logger.propagate = False
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -164,16 +222,15 @@ def main(argv: list[str] | None = None) -> int:
     if extra and args.command != "evaluate":
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     args.extra = extra
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(levelname)s %(name)s: %(message)s",
-    )
+    args.quiet = getattr(args, "quiet", False)
+    _setup_logging(args)
     try:
         return args.func(args)
     except (ValueError, FileNotFoundError, OSError) as exc:
         if args.verbose:
             raise
-        print(f"medsam3 {args.command}: error: {exc}", file=sys.stderr)
+        message = " ".join(str(exc).split())  # one line, whatever the exception held
+        print(f"medsam3 {args.command}: error: {message}", file=sys.stderr)
         return 1
 
 

@@ -15,6 +15,7 @@ from snakemake.logging import logger
 from snakemake.utils import validate
 
 from medsam3.pipeline.cohort import load_cohort, read_table, shard_studies
+from medsam3.pipeline.demo import write_tables
 from medsam3.pipeline.layout import Layout
 from medsam3.pipeline.outdir import check_outdir, lock_outdir, remove_stale_files
 from medsam3.pipeline.settings import (
@@ -31,8 +32,7 @@ from medsam3.pipeline.status import run_summary
 # Fills every optional key with its schema default: the defaults live in the schema only.
 validate(config, "../schemas/config.schema.yaml", set_default=True)
 
-DEMO = Path(workflow.basedir, "resources", "demo").resolve()
-DEMO_DATA = DEMO / "data"
+DEMO = Path(workflow.basedir, "resources", "demo").resolve()  # names the demo cohort
 STUDY_WILDCARD = "[A-Za-z0-9][A-Za-z0-9._-]*"
 
 
@@ -50,6 +50,13 @@ def workflow_path(path):
 def is_demo(study):
     """True for a study of the embedded demo cohort (built by rule demo_data)."""
     return DEMO_DATA in Path(study.path).parents
+
+
+def demo_cohort(layout):
+    """The demo's tables under the outdir (written when missing or changed): the demo runs
+    on data that rule demo_data builds there, never in the source tree."""
+    write_tables(layout.demo())
+    return str(layout.demo() / "cohort.csv")
 
 
 def move_snakemake_log(state):
@@ -89,10 +96,12 @@ config["cohort"] = workflow_path(config["cohort"])
 for key in ("checkpoint", "lora"):
     config["model"][key] = workflow_path(config["model"][key])
 DEMO_COHORT = Path(config["cohort"]).resolve() == DEMO / "cohort.csv"
+DEMO_DATA = LAYOUT.demo() / "data"
+if DEMO_COHORT:
+    config["cohort"] = demo_cohort(LAYOUT)
+DEMO_TRUTH = str(LAYOUT.demo() / "ground_truth.csv")
 GROUND_TRUTH = workflow_path(
-    ground_truth_table(
-        config["ground_truth"], DEMO_COHORT, str(DEMO / "ground_truth.csv")
-    )
+    ground_truth_table(config["ground_truth"], DEMO_COHORT, DEMO_TRUTH)
 )
 RUN_WARNINGS = run_warnings(
     config["study_id_salt"], DEMO_COHORT, GROUND_TRUTH, str(DEMO / "ground_truth.csv")
@@ -182,7 +191,8 @@ def summary(stopped=False):
     tables = [LAYOUT.table("failures"), LAYOUT.ingest_failures()]
     written = [t for t in tables if t.is_file()] or tables
     failures = max(written, key=lambda t: t.stat().st_mtime if t.is_file() else 0)
-    return run_summary(LAYOUT, list(STUDIES), failures, stopped=stopped)
+    html = LAYOUT.html_report() if failures == LAYOUT.table("failures") else None
+    return run_summary(LAYOUT, list(STUDIES), failures, stopped=stopped, report=html)
 
 
 onstart:

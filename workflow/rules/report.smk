@@ -14,6 +14,21 @@ rule report:
             caption="../report/report.rst",
             category="Summary",
         ),
+        sizes=report(
+            LAYOUT.report_figures() / "sizes.png",
+            caption="../report/sizes.rst",
+            category="Figures",
+        ),
+        dice=report(
+            LAYOUT.report_figures() / "dice.png",
+            caption="../report/dice.rst",
+            category="Figures",
+        ),
+        overlays=report(
+            LAYOUT.report_figures() / "overlays.png",
+            caption="../report/overlays.rst",
+            category="Figures",
+        ),
         timing=LAYOUT.report_timing(),
     log:
         LAYOUT.log("report"),

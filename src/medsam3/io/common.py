@@ -234,6 +234,6 @@ def check_extent(image_shape: tuple[int, ...], spacing: Iterable[float], what: s
 def check_exists(path: Path) -> None:
     """Raise ReadError for a missing path or an empty file."""
     if not path.exists():
-        raise ReadError(f"{path} does not exist; check the path (cohort table 'path' column)")
+        raise ReadError(f"{path} does not exist; check the path")
     if path.is_file() and path.stat().st_size == 0:
         raise ReadError(f"{path} is an empty file (0 bytes); re-export or remove it")

@@ -22,6 +22,7 @@ from PIL import Image
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
+from medsam3.io.body_region import region_of_dicom
 from medsam3.io.common import (
     ReadError,
     bytes_digest,
@@ -223,6 +224,7 @@ def _image_2d(ds: Dataset, pixels: np.ndarray) -> dict:
     """Geometry of a single planar frame: 2D spacing (x, y), zero origin, identity direction."""
     plane = plane_from_single(ds, pixels)
     ps = plane.pixel_spacing or (1.0, 1.0)
+    unit = "mm" if plane.pixel_spacing else "pixel"
     array = pixels
     if pixels.ndim == 2 and (plane.slope != 1 or plane.intercept != 0):
         array = rescale(pixels[None], np.array([plane.slope]), np.array([plane.intercept]))[0]
@@ -232,6 +234,7 @@ def _image_2d(ds: Dataset, pixels: np.ndarray) -> dict:
         "origin": (0.0, 0.0),
         "direction": (1.0, 0.0, 0.0, 1.0),
         "warnings": [],
+        "spacing_unit": unit,
     }
 
 
@@ -241,6 +244,7 @@ def _frames_in_file_order(ds: Dataset, pixels: np.ndarray) -> dict:
     SliceThickness (1 mm if neither), with a warning."""
     plane = plane_from_single(ds, pixels[0])
     ps = plane.pixel_spacing or (1.0, 1.0)
+    unit = "mm" if plane.pixel_spacing else "pixel"
     thick = float(ds.get("SpacingBetweenSlices") or ds.get("SliceThickness") or 1.0)
     n = len(pixels)
     return {
@@ -252,6 +256,7 @@ def _frames_in_file_order(ds: Dataset, pixels: np.ndarray) -> dict:
             "no per-frame positions: frames stacked in file order with identity direction "
             "and zero origin"
         ],
+        "spacing_unit": unit,
     }
 
 
@@ -316,9 +321,12 @@ def read_dicom(paths: list[Path], where: str, ignored: int = 0) -> MedImage:
             "slices: re-export it",
         )
     modality = map_modality(first.get("Modality"))
+    region, region_source = region_of_dicom(first)
     return MedImage(
         kind=kind,
         modality=modality,
+        body_region=region,
+        body_region_source=region_source,
         units="HU" if modality == "ct" and kind == "volume" else None,
         source_digest=combine_digests(d for _, d in loaded),
         **fields,

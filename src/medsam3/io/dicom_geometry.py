@@ -256,10 +256,10 @@ def stack_planes(planes: list[Plane], where: str, thickness: float = 1.0) -> dic
         dz = float(proj[order[-1]] - proj[order[0]]) / (len(planes) - 1)
         warnings += _tilt_warnings(pos[order[-1]] - pos[order[0]], normal)
         warnings += spacing_warnings(gaps)
-    ps = planes[0].pixel_spacing
+    ps, unit = planes[0].pixel_spacing, "mm"
     if ps is None:
-        ps = (1.0, 1.0)
-        warnings.append("no PixelSpacing: in-plane spacing set to 1 mm")
+        ps, unit = (1.0, 1.0), "pixel"
+        warnings.append("no PixelSpacing: in-plane spacing is 1 per pixel (sizes in voxels)")
     first = planes[0].pixels
     stack = np.empty((len(planes), *first.shape), first.dtype)
     for i, k in enumerate(order):
@@ -272,4 +272,5 @@ def stack_planes(planes: list[Plane], where: str, thickness: float = 1.0) -> dic
         "origin": tuple(float(v) for v in pos[order[0]]),
         "direction": tuple(float(v) for v in np.column_stack([row, col, normal]).ravel()),
         "warnings": warnings,
+        "spacing_unit": unit,
     }

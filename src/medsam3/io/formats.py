@@ -127,7 +127,8 @@ def read_2d(path: Path) -> MedImage:
     Returns:
         MedImage of kind "image": grayscale -> (y, x) (uint8, uint16, int32 or float32 as
         stored), colour -> (y, x, 3) uint8 RGB with alpha dropped; spacing (1, 1), zero
-        origin, identity direction. Multi-page TIFFs: the first page, with a warning.
+        origin, identity direction, spacing_unit "pixel". Multi-page TIFFs: the first page,
+        with a warning.
 
     Raises:
         ReadError: not a decodable image.
@@ -156,4 +157,5 @@ def read_2d(path: Path) -> MedImage:
         origin=(0.0, 0.0),
         direction=(1.0, 0.0, 0.0, 1.0),
         warnings=warnings,
+        spacing_unit="pixel",
     )

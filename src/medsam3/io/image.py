@@ -28,6 +28,14 @@ class MedImage:
         modality_source: where ``modality`` came from: "dicom" (the header), "cohort" (given
             by the caller, e.g. the cohort table), "guess" (``io.read.guess_modality``) or
             "model" (recognised by a segmentation model); None when not recorded.
+        spacing_unit: "mm" when ``spacing`` is physical (DICOM pixel spacing, NIfTI/NRRD/MHA
+            geometry), "pixel" when the source carries none (PNG/JPEG/TIFF, MP4/AVI, DICOM
+            without PixelSpacing): spacing is then 1 per pixel and sizes are pixel counts.
+        body_region: the body region imaged ("head", "chest", "abdomen", "pelvis", ...:
+            ``io.body_region``), or None when unknown.
+        body_region_source: where it came from: "dicom" (BodyPartExamined), "description"
+            (a series/study description or protocol name) or "field of view" (the rule of
+            ``io.body_region``); None when unknown.
     """
 
     array: np.ndarray
@@ -41,6 +49,14 @@ class MedImage:
     warnings: list[str] = field(default_factory=list)
     source_digest: str = ""
     modality_source: str | None = None
+    spacing_unit: str = "mm"
+    body_region: str | None = None
+    body_region_source: str | None = None
+
+    @property
+    def has_physical_spacing(self) -> bool:
+        """True when ``spacing`` is in millimetres (see ``spacing_unit``)."""
+        return self.spacing_unit == "mm"
 
     @property
     def is_rgb(self) -> bool:
@@ -92,6 +108,9 @@ class ImageInfo:
     source_digest: str = ""
     warnings: tuple[str, ...] = ()
     modality_source: str | None = None
+    spacing_unit: str = "mm"
+    body_region: str | None = None
+    body_region_source: str | None = None
 
     @classmethod
     def of(cls, image: MedImage) -> ImageInfo:
@@ -108,6 +127,9 @@ class ImageInfo:
             source_digest=image.source_digest,
             warnings=tuple(image.warnings),
             modality_source=image.modality_source,
+            spacing_unit=image.spacing_unit,
+            body_region=image.body_region,
+            body_region_source=image.body_region_source,
         )
 
     @classmethod

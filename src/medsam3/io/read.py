@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from medsam3.io.body_region import fill_body_region
 from medsam3.io.common import (
     ReadError,
     check_exists,
@@ -54,7 +55,9 @@ def read_source(path: PathLikeStr, modality: str | None = None) -> MedImage:
         image) with spacing/origin/direction in SimpleITK (x, y, z) LPS convention, modality,
         units ("HU" for CT volumes with signed or float voxels), frame_rate (video), warnings,
         source_digest (sha256 over the source files' bytes: one file's digest, or a digest
-        of the sorted per-file digests) and modality_source ("dicom", "cohort" or "guess").
+        of the sorted per-file digests), modality_source ("dicom", "cohort" or "guess"),
+        spacing_unit ("pixel" when the source has no physical spacing) and body_region
+        (``io.body_region``: DICOM header, descriptions, or the field of view of CT/MR).
 
     Raises:
         ReadError: missing/empty/corrupt input, several series, no voxels (a zero-size axis),
@@ -71,6 +74,7 @@ def read_source(path: PathLikeStr, modality: str | None = None) -> MedImage:
     check_extent(image.spatial_shape, image.spacing, str(path))
     check_finite(image.array, str(path))
     _fill_modality(image, modality)
+    fill_body_region(image)
     return image
 
 

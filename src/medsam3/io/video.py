@@ -51,8 +51,8 @@ def video_image(
         pixel_spacing: DICOM (row, column) spacing in mm, or None for 1 mm.
 
     Returns:
-        dict with array, spacing (x, y, 1 per frame), origin 0, identity direction, frame_rate
-        and warnings.
+        dict with array, spacing (x, y, 1 per frame), origin 0, identity direction, frame_rate,
+        warnings and spacing_unit ("pixel" without a pixel spacing).
     """
     ps = pixel_spacing or (1.0, 1.0)
     warnings = [] if frame_rate else ["unknown frame rate: frame_rate left empty"]
@@ -63,6 +63,7 @@ def video_image(
         "direction": tuple(np.eye(3).ravel().tolist()),
         "frame_rate": float(frame_rate) if frame_rate else None,
         "warnings": warnings,
+        "spacing_unit": "mm" if pixel_spacing else "pixel",
     }
 
 

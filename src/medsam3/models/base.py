@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from medsam3.io.masks import instance_labels
 from medsam3.models.inputs import InputError
 from medsam3.types import Kind
 
@@ -49,6 +50,18 @@ class ConceptResult:
     instances: list[Instance] = field(default_factory=list)
     nearest_known: list[str] = field(default_factory=list)
     extra: dict = field(default_factory=dict)
+
+    def instance_label(self) -> tuple[np.ndarray, list[float]]:
+        """The instance-id label map every product stores, and one score per id.
+
+        Returns:
+            (ids 1..n on the input grid, smallest unsigned dtype; [score of id 1, ...]): the
+            instances when they cover ``mask``, else its connected components
+            (:func:`medsam3.io.masks.instance_labels`).
+        """
+        masks = [i.mask for i in self.instances]
+        scores = [i.score for i in self.instances]
+        return instance_labels(self.mask, masks, scores, self.presence)
 
 
 def mask_box(mask: np.ndarray) -> tuple[int, ...]:

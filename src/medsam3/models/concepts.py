@@ -45,6 +45,19 @@ class Concept:
     tiles: int = 1
 
 
+# Body parts the shipped vocabulary still gets wrong (its JSON is the training run's; fixed here
+# so `medsam3 concepts` and every reader of Concept.body_part agree): nuclei come from blood,
+# colon and MoNuSeg's many organs; the autochthonous muscles are the back's; DeepLesion's
+# lesions lie in the chest, abdomen and pelvis; a fetal head is the fetus's.
+BODY_PART_FIXES = {
+    "nucleus": "multi-organ",
+    "left autochthonous muscle": "back",
+    "right autochthonous muscle": "back",
+    "lesion": "whole body",
+    "fetal head": "fetus",
+}
+
+
 def _norm(phrase: str) -> str:
     return " ".join(phrase.lower().replace("_", " ").split())
 
@@ -62,7 +75,7 @@ def load_vocabulary() -> tuple[Concept, ...]:
             e["concept"],
             tuple(e["synonyms"]),
             tuple(e["modality"]),
-            e["body_part"],
+            BODY_PART_FIXES.get(e["concept"], e["body_part"]),
             e.get("parent"),
             int(e.get("tiles", 1)),
         )

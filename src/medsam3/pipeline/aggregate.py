@@ -22,8 +22,17 @@ from medsam3.pipeline.cluster import dask_client
 from medsam3.pipeline.layout import Layout
 from medsam3.pipeline.settings import ReportSettings
 from medsam3.pipeline.status import StudyStatus, failure_rows, study_records
-from medsam3.reports.html import best_worst, write_html_report
+from medsam3.reports.figures import TRUTH_RGB, Overlay, concept_colour, thumbnail_png
+from medsam3.reports.html import (
+    MAX_STUDY_ROWS,
+    RunInfo,
+    best_worst,
+    read_table,
+    save_figures,
+    write_html_report,
+)
 from medsam3.reports.metrics import load_ground_truth, read_truth_mask, segmentation_metrics
+from medsam3.reports.provenance import iso_time
 from medsam3.reports.schemas import (
     FAILURES_SCHEMA,
     METRICS_SCHEMA,
@@ -94,7 +103,8 @@ def metrics_for(truth: dict, outdir: str, tolerance_mm: float) -> dict:
         values = segmentation_metrics(
             pred > 0, gt > 0, spacing if image.kind != "video" else None, tolerance_mm
         )
-        row = metrics_row(sid, concept, values, attrs["presence"], PRESENCE_THRESHOLD, tolerance_mm)
+        threshold = attrs.get("presence_threshold", PRESENCE_THRESHOLD)
+        row = metrics_row(sid, concept, values, attrs["presence"], threshold, tolerance_mm)
         return {"row": row}
     except Exception as exc:  # noqa: BLE001 - recorded in failures.parquet
         if environment_cause(exc):  # fails the report job: it is redone by the next run
@@ -103,9 +113,14 @@ def metrics_for(truth: dict, outdir: str, tolerance_mm: float) -> dict:
         return {"failure": failure_row(sid, "metrics", message)}
 
 
+def _truth_rows(table: str) -> list[dict]:
+    """The rows of the ground-truth table ("" for none)."""
+    return load_ground_truth(table).to_dict("records") if table else []
+
+
 def _metrics(settings: ReportSettings) -> tuple[list[dict], list[dict]]:
     """Metrics rows of every ground-truth row (on the Dask cluster), and the failures."""
-    truths = load_ground_truth(settings.ground_truth).to_dict("records")
+    truths = _truth_rows(settings.ground_truth)
     if not truths:
         return [], []
     with dask_client({"dask": settings.dask}) as client:
@@ -122,27 +137,85 @@ def _metrics(settings: ReportSettings) -> tuple[list[dict], list[dict]]:
     ]
 
 
-def _overlays(layout: Layout) -> list:
-    """Best and worst Dice overlays for the HTML report: (title, RGB plane, mask) each."""
+def _plane_index(*masks: np.ndarray) -> int | None:
+    """The slice/frame where the masks have the most foreground (the middle when empty)."""
+    if masks[0].ndim == 2:
+        return None
+    total = sum((m > 0).reshape(m.shape[0], -1).sum(1) for m in masks)
+    return int(np.argmax(total)) if total.any() else masks[0].shape[0] // 2
+
+
+def _case(image, caption: str, masks: dict, truth: dict) -> Overlay:
+    """An Overlay of the plane where the masks (or the truth) are largest."""
+    k = _plane_index(*masks.values(), *truth.values())
+    plane = image.array if k is None else image.array[k]
+    first = next(iter(masks), None)
+    return Overlay(
+        caption,
+        to_uint8_rgb(plane, image.modality, first),
+        {c: m if k is None else m[k] for c, m in masks.items()},
+        {c: m if k is None else m[k] for c, m in truth.items()},
+    )
+
+
+def _truth(rows: list[dict], image) -> dict:
+    """Ground-truth masks of a study's truth rows, by concept (unreadable ones left out: the
+    metrics table records why)."""
+    truth = {}
+    for row in rows:
+        try:
+            truth[row["concept"]] = read_truth_mask(row, like=image)
+        except Exception as exc:  # noqa: BLE001 - recorded by the metrics step
+            if environment_cause(exc):
+                raise
+    return truth
+
+
+def _study_masks(store: Path, concepts: list[str]) -> tuple[dict, float | None]:
+    """The stored labels of a study's concepts, and the presence threshold they were made at."""
+    masks, threshold = {}, None
+    for phrase in concepts:
+        label, attrs = read_label(store, concept_slug(phrase))
+        masks[phrase] = label
+        threshold = attrs.get("presence_threshold", threshold)
+    return masks, threshold
+
+
+def _pictures(layout: Layout, truths: list[dict]) -> tuple[list[Overlay], RunInfo]:
+    """Best and worst Dice overlays, and a thumbnail of every segmented study (up to the
+    page's limit), with the presence threshold the labels were made at."""
+    segments = read_table(layout.reports, "segments", ["study_id", "concept", "level"])
+    by_study: dict[str, list[str]] = {}
+    if segments is not None:
+        for r in segments[segments["level"] == "concept"].itertuples():
+            by_study.setdefault(r.study_id, []).append(r.concept)
+    truth_rows: dict[str, list[dict]] = {}
+    for row in truths:
+        truth_rows.setdefault(row["study_id"], []).append(row)
+    thumbs, threshold = {}, None
+    for sid, concepts in list(by_study.items())[:MAX_STUDY_ROWS]:
+        store = layout.store(sid)
+        image = read_study(store)
+        masks, threshold = _study_masks(store, concepts)
+        truth = _truth([r for r in truth_rows.get(sid, []) if r["concept"] in masks], image)
+        case = _case(image, sid, masks, truth)
+        legend = [(_hex(concept_colour(concepts, c)), f"prediction: {c}") for c in sorted(masks)]
+        legend += [(_hex(TRUTH_RGB), f"ground truth: {c}") for c in sorted(truth)]
+        thumbs[sid] = (thumbnail_png(case), legend)
     overlays = []
     for sid, concept, dice in best_worst(layout.reports):
         store = layout.store(sid)
-        image, (label, _) = read_study(store), read_label(store, concept_slug(concept))
-        k = (
-            int(np.argmax(label.reshape(label.shape[0], -1).sum(1)))
-            if image.kind != "image"
-            else None
-        )
-        plane = image.array if k is None else image.array[k]
-        mask = label if k is None else label[k]
-        overlays.append(
-            (
-                f"{sid} / {concept}: Dice {dice:.3f}",
-                to_uint8_rgb(plane, image.modality, concept),
-                mask > 0,
-            )
-        )
-    return overlays
+        image = read_study(store)
+        masks, _ = _study_masks(store, [concept])
+        truth = _truth([r for r in truth_rows.get(sid, []) if r["concept"] == concept], image)
+        overlays.append(_case(image, f"{sid} / {concept}: Dice {dice:.3f}", masks, truth))
+    run = RunInfo(iso_time(time.time()), "", PRESENCE_THRESHOLD if threshold is None else threshold)
+    run.thumbnails = thumbs
+    return overlays, run
+
+
+def _hex(rgb: tuple[int, int, int]) -> str:
+    return "#" + "".join(f"{v:02x}" for v in rgb)
 
 
 def write_reports(
@@ -170,7 +243,11 @@ def write_reports(
     write_parquet_atomic(metrics, layout.table("metrics"), METRICS_SCHEMA)
     failures = failure_rows(ingest) + failure_rows(segment) + metric_failures
     write_parquet_atomic(failures, layout.table("failures"), FAILURES_SCHEMA)
-    write_html_report(layout.reports, layout.html_report(), _overlays(layout))
+    truths = _truth_rows(settings.ground_truth)
+    overlays, run = _pictures(layout, truths)
+    run.cohort = Path(settings.cohort).name if settings.cohort else "-"
+    write_html_report(layout.reports, layout.html_report(), overlays, run)
+    save_figures(layout.reports, layout.report_figures(), overlays)
     write_json_atomic(layout.report_timing(), {"seconds": time.time() - start})
     log.info(
         "reports: %d studies, %d segment parts, %d metrics rows, %d failures",

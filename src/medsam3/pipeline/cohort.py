@@ -327,18 +327,29 @@ def _study_from_row(row: dict, index: int, table: str | Path, base: Path, salt: 
     return Study(study_id, str(source), modality, concepts, row=index, source_key=key)
 
 
-def concepts_for(study: Study, modality: str | None, defaults: dict[str, list[str]]) -> list[str]:
-    """Concepts to segment for a study: the table's, else config defaults for its modality.
+def concepts_for(
+    study: Study,
+    modality: str | None,
+    defaults: dict[str, list[str]],
+    region: str | None = None,
+) -> list[str]:
+    """Concepts to segment for a study: the table's, else config defaults for its modality
+    and body region.
 
     Args:
         study: the cohort row.
         modality: modality detected at ingest (used when the table has none).
-        defaults: config ``default_concepts``: modality -> phrases, with "*" as fallback.
+        defaults: config ``default_concepts``: "<modality>/<region>" (e.g. "ct/head") or
+            "<modality>" -> phrases, with "*" as fallback.
+        region: the study's body region (``io.body_region``), or None when unknown.
 
     Returns:
-        Phrases (possibly empty when no default applies).
+        Phrases (possibly empty when no default applies): the first of
+        ``defaults["<modality>/<region>"]``, ``defaults["<modality>"]``, ``defaults["*"]`` that
+        names any.
     """
     if study.concepts:
         return list(study.concepts)
     key = (study.modality or modality or "").lower()
-    return list(defaults.get(key) or defaults.get("*") or [])
+    keys = ([f"{key}/{region}"] if region else []) + [key, "*"]
+    return next((list(defaults[k]) for k in keys if defaults.get(k)), [])

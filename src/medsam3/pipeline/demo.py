@@ -12,6 +12,7 @@ The DICOM files carry made-up patient identifiers to show that none reach any ou
 from __future__ import annotations
 
 import csv
+import io
 import shutil
 from pathlib import Path
 
@@ -23,6 +24,7 @@ import SimpleITK as sitk
 from nilearn import datasets
 from PIL import Image
 
+from medsam3.io.atomic import write_text_atomic
 from medsam3.io.dicom import decode_pixels
 
 DEMO_SLICES = 12  # axial slices kept from MNI152 (every 2nd slice around the centre)
@@ -156,7 +158,8 @@ def build_demo(out_dir: str | Path) -> Path:
     """Build the demo cohort's data under ``{out_dir}/data`` and its tables in ``out_dir``.
 
     Args:
-        out_dir: the demo folder (``resources/demo`` in the repository).
+        out_dir: the demo folder (``Layout.demo()``: ``{outdir}/demo`` in a workflow run;
+            never the source tree).
 
     Returns:
         Path of the written cohort table ``{out_dir}/cohort.csv``.
@@ -176,13 +179,20 @@ def build_demo(out_dir: str | Path) -> Path:
 
 
 def write_tables(out_dir: str | Path) -> None:
-    """Write the demo's cohort.csv and ground_truth.csv (paths relative to ``out_dir``)."""
+    """Write the demo's cohort.csv and ground_truth.csv (paths relative to ``out_dir``).
+
+    A table whose content is already there is left untouched (written atomically otherwise).
+    """
     out_dir = Path(out_dir)
-    with open(out_dir / "cohort.csv", "w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["study_id", "path", "modality", "concepts"])
-        writer.writerows(COHORT)
-    with open(out_dir / "ground_truth.csv", "w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["study_id", "concept", "mask", "label_value"])
-        writer.writerows(GROUND_TRUTH)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name, header, rows in (
+        ("cohort.csv", ["study_id", "path", "modality", "concepts"], COHORT),
+        ("ground_truth.csv", ["study_id", "concept", "mask", "label_value"], GROUND_TRUTH),
+    ):
+        buffer = io.StringIO(newline="")
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(header)
+        writer.writerows(rows)
+        path = out_dir / name
+        if not path.is_file() or path.read_text(encoding="utf-8") != buffer.getvalue():
+            write_text_atomic(path, buffer.getvalue())

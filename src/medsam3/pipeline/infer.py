@@ -4,8 +4,9 @@ For each study of the shard: read its Zarr store, settle its modality (a modalit
 only guessed is asked of the model when it has a modality classifier), resolve its concepts,
 skip concepts whose label already holds the same exact phrase for this backend and checkpoint
 (resume after a killed job), segment the rest with the image encoded once, store masks under
-``labels/<concept_slug>`` (uint8 instance ids 1..n, 0 background; above 255 instances a 0/1
-mask with ``encoding: binary``), export them, and write the study's segments rows to its part
+``labels/<concept_slug>`` (instance ids 1..n, 0 background: ``ConceptResult.instance_label``,
+the same instances as ``medsam3 segment``), export them (``io.masks``, and one multi-label
+NIfTI per study with ``nifti-ml``), and write the study's segments rows to its part
 (``Layout.segments_part``).
 A study that fails on its input is recorded in the shard status and the shard goes on; an
 environment error (disk full, read-only folder, I/O, memory) fails the job instead.
@@ -20,12 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from scipy import ndimage
 
 from medsam3.io.common import EnvironmentFailure, concept_slug, environment_cause
 from medsam3.io.dicom import misses_slices
 from medsam3.io.image import MedImage
-from medsam3.io.masks import write_concept_masks
+from medsam3.io.masks import write_concept_masks, write_multilabel_nifti
 from medsam3.io.zarr_store import list_labels, read_label, read_label_attrs, read_study, write_label
 from medsam3.models.base import ConceptResult, Segmenter
 from medsam3.models.build import load_model, resolve_device
@@ -47,25 +47,6 @@ from medsam3.reports.schemas import PROVENANCE_SCHEMA, SEGMENTS_SCHEMA
 from medsam3.reports.tables import segment_rows, write_parquet_atomic
 
 log = logging.getLogger("medsam3.pipeline.infer")
-
-
-def instance_label(result: ConceptResult) -> tuple[np.ndarray, str]:
-    """Encode a result as a label array: instance ids (uint8) or a 0/1 mask above 255 instances.
-
-    Returns:
-        (label array on the input grid, encoding "instances" or "binary").
-    """
-    union = np.asarray(result.mask).astype(bool)
-    if 0 < len(result.instances) <= 255:
-        label = np.zeros(union.shape, np.uint8)
-        for k, inst in enumerate(result.instances, start=1):
-            label[np.asarray(inst.mask, bool) & union & (label == 0)] = k
-        if np.array_equal(label > 0, union):
-            return label, "instances"
-    components, n = ndimage.label(union)  # instances do not tile the union: use its components
-    if n <= 255:
-        return components.astype(np.uint8), "instances"
-    return union.astype(np.uint8), "binary"
 
 
 def _done_concepts(store: Path, concepts: list[str], model: Segmenter) -> set[str]:
@@ -124,18 +105,19 @@ def choose_modality(image: MedImage, model: Segmenter) -> ModalityChoice:
 
 
 def _store_result(store: Path, result: ConceptResult, model: Segmenter) -> None:
-    label, encoding = instance_label(result)
+    label, scores = result.instance_label()
     attrs = {
         "concept": result.concept,
         "backend": model.name,
         "checkpoint_digest": model.checkpoint_digest,
         "presence": float(result.presence),
-        "instance_scores": [float(i.score) for i in result.instances][:255],
-        "encoding": encoding,
+        "instance_scores": scores,
+        "encoding": "instances",
         "nearest_known": list(result.nearest_known),
         "display_order": result.extra.get("display_order"),  # volumes: flips the model saw
+        "presence_threshold": getattr(model, "presence_threshold", None),
     }
-    write_label(store, concept_slug(result.concept), label, attrs)
+    write_label(store, concept_slug(result.concept), label, attrs, scores=scores)
 
 
 def _export(
@@ -183,7 +165,7 @@ def segment_study(study: Study, model: Segmenter, settings: SegmentSettings) -> 
         modality_predicted=choice.predicted,
         modality_confidence=choice.confidence,
     )
-    concepts = concepts_for(study, image.modality, settings.default_concepts)
+    concepts = concepts_for(study, image.modality, settings.default_concepts, image.body_region)
     if not concepts:
         record.status, record.error = "failed", _no_concepts(image.modality)
         return record
@@ -223,9 +205,10 @@ def _export_and_rows(
         (segments rows, "<concept>: <error>" of each failed export).
     """
     store = settings.layout.store(study.study_id)
-    rows, export_errors = [], []
+    rows, export_errors, labels = [], [], {}
     for phrase in concepts:
         label, attrs = read_label(store, concept_slug(phrase))
+        labels[phrase] = label
         try:
             _export(label, image, phrase, study, settings)
         except Exception as exc:  # noqa: BLE001 - the mask is stored; the export failure is recorded
@@ -245,6 +228,8 @@ def _export_and_rows(
             model.checkpoint_digest,
             missing_slices=image.kind == "volume" and misses_slices(image.warnings),
         )
+    if "nifti-ml" in settings.export:
+        write_multilabel_nifti(labels, image, settings.layout.masks(study.study_id))
     return rows, export_errors
 
 
@@ -273,10 +258,11 @@ def segment_shard(name: str, studies: list[Study], settings: SegmentSettings) ->
     load_s = time.time() - start
     records = []
     for i, study in enumerate(studies, start=1):
+        log.info("segment %s (%s, study %d of %d): started", study.study_id, name, i, len(studies))
         t0 = time.time()
         records.append(_segment_safely(study, model, settings))
         records[-1].seconds = time.time() - t0
-        log.info("[%s %d/%d] %s: %s", name, i, len(studies), study.study_id, records[-1].status)
+        log.info(progress_line(name, i, len(studies), records[-1]))
     prov = provenance_row(
         f"segment/{name}",
         model.name,
@@ -291,6 +277,21 @@ def segment_shard(name: str, studies: list[Study], settings: SegmentSettings) ->
     status = JobStatus("segment", name, records, model_load_s=load_s)
     write_status(layout.status("segment", name), status)
     return status
+
+
+def progress_line(shard: str, index: int, total: int, record: StudyStatus) -> str:
+    """The line a segment job prints per study (Snakemake shows it as the run goes).
+
+    Example: ``segment demo-mr-series (shard-0000, study 1 of 4): ok in 12.3 s, 1 concept
+    (brain), 1 computed``; a failed study ends with its reason.
+    """
+    head = f"segment {record.study_id} ({shard}, study {index} of {total}): {record.status}"
+    head += f" in {record.seconds or 0.0:.1f} s"
+    if record.status != "ok":
+        return f"{head}: {record.error}"
+    names = ", ".join(record.concepts)
+    count = f"{len(record.concepts)} concept{'s' if len(record.concepts) != 1 else ''}"
+    return f"{head}, {count} ({names}), {len(record.computed)} computed"
 
 
 def _model_kwargs(model: ModelSettings) -> dict:

@@ -11,9 +11,11 @@ their ``output:`` and ``log:`` patterns here with Snakemake wildcards in place o
     {outdir}/parts/segments/{study_id}.parquet        a study's segments rows
     {outdir}/parts/provenance/{shard}.parquet         a shard's provenance row
     {outdir}/reports/{table}.parquet, report.html     the reports (reports.schemas.TABLE_FILES)
+    {outdir}/reports/figures/{name}.png               the report's figures (snakemake --report)
     {outdir}/reports/ingest_failures.parquet          failures of the ``ingest`` target
     {outdir}/logs/{group}/{name}.log                  one log per job
     {outdir}/train/{name}.safetensors                 trained concept heads
+    {outdir}/demo/                                    the demo cohort (tables, data/) when it runs
     {outdir}/.medsam3.lock                            the run lock (pipeline.outdir)
     {outdir}/.snakemake/                              Snakemake's own state and run logs
 
@@ -88,6 +90,10 @@ class Layout:
         """The HTML summary of the reports."""
         return self.reports / "report.html"
 
+    def report_figures(self) -> Path:
+        """The report's figures as PNGs (sizes, dice, overlays), for ``snakemake --report``."""
+        return self.reports / "figures"
+
     def ingest_failures(self) -> Path:
         """Failures table of the ``ingest`` target (the full report writes ``failures``)."""
         return self.reports / "ingest_failures.parquet"
@@ -99,6 +105,11 @@ class Layout:
     def trained_head(self, name: str) -> Path:
         """A concept head written by the train rules."""
         return self.root / "train" / f"{name}.safetensors"
+
+    def demo(self) -> Path:
+        """The demo cohort's folder: its tables, and ``data/`` built by rule demo_data (never
+        in the source tree, so a read-only checkout runs the demo)."""
+        return self.root / "demo"
 
     def lock(self) -> Path:
         """The lock file held by the Snakemake process of a run (``pipeline.outdir``)."""

@@ -129,6 +129,7 @@ class ReportSettings(_JobSettings):
     nsd_tolerance_mm: float
     dask: dict[str, Any]
     ground_truth: str
+    cohort: str = ""
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any], ground_truth: str) -> ReportSettings:
@@ -138,7 +139,13 @@ class ReportSettings(_JobSettings):
             config: the validated workflow config.
             ground_truth: ``config["ground_truth"]`` resolved to a path ("" for no metrics).
         """
-        return cls(config["outdir"], config["nsd_tolerance_mm"], dict(config["dask"]), ground_truth)
+        return cls(
+            config["outdir"],
+            config["nsd_tolerance_mm"],
+            dict(config["dask"]),
+            ground_truth,
+            config["cohort"],
+        )
 
 
 @dataclass(frozen=True)

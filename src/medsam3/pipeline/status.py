@@ -168,9 +168,14 @@ def write_ingest_failures(status_files: Iterable[PathLikeStr], path: PathLikeStr
 
 
 def run_summary(
-    layout: Layout, study_ids: list[str], failures_table: Path, stopped: bool = False
+    layout: Layout,
+    study_ids: list[str],
+    failures_table: Path,
+    stopped: bool = False,
+    report: Path | None = None,
+    examples: int = 10,
 ) -> str:
-    """One paragraph on what a run did, for the end of Snakemake's output (no paths of data).
+    """What a run did, for the end of Snakemake's output (no paths of data).
 
     Args:
         layout: the output layout.
@@ -178,10 +183,14 @@ def run_summary(
         failures_table: the failures table the run writes (reports/failures.parquet, or
             reports/ingest_failures.parquet for the ``ingest`` target).
         stopped: the run stopped because a job failed (Snakemake's ``onerror``).
+        report: the report the run wrote (named at the end), or None.
+        examples: failed studies named with their reasons.
 
     Returns:
-        The summary: studies ingested and segmented, failed on their input, not done yet;
+        The summary: studies ingested and segmented, failed on their input, not done yet; how
+        many are ok and which failed, with why; where the failures table and the report are;
         after a failed job, what to do (environment errors fail their job: fix, then rerun).
+        A run whose only failures are studies' inputs still succeeds (exit status 0).
     """
     ingest = _records(layout.status("ingest", sid) for sid in study_ids)
     shard_files = sorted(layout.status("segment", "x").parent.glob("shard-*.json"))
@@ -189,21 +198,35 @@ def run_summary(
     segment = {r.study_id: r for r in _records(shard_files) if r.study_id in cohort}
     failed = [r for r in ingest if r.status == "failed"]
     failed += [r for r in segment.values() if r.status == "failed"]
+    failed_ids = sorted({r.study_id for r in failed})
+    ok = sum(1 for r in segment.values() if r.status == "ok")
     warned = sum(1 for r in ingest if r.image is not None and r.image.warnings)
     lines = [
         f"medsam3: {len(study_ids)} studies: {len(ingest)} ingested, "
-        f"{sum(1 for r in segment.values() if r.status == 'ok')} segmented, "
-        f"{len({r.study_id for r in failed})} failed on their input, "
-        f"{len(study_ids) - len(ingest)} not ingested yet; {warned} with ingest warnings."
+        f"{ok} segmented, {len(failed_ids)} failed on their input, "
+        f"{len(study_ids) - len(ingest)} not ingested yet; {warned} with ingest warnings.",
+        f"Studies ok: {ok} of {len(study_ids)}; failed: {len(failed_ids)}.",
     ]
+    for record in failed[:examples]:
+        reason = " ".join(str(record.error or "").split())
+        lines.append(f"  failed: {record.study_id} ({record.stage}): {reason[:160]}")
+    if len(failed) > examples:
+        lines.append(f"  ... and {len(failed) - examples} more")
     if failed:
         lines.append(f"Input failures and their reasons: {failures_table}.")
+    if report is not None and report.is_file():
+        lines.append(f"Report: {report}")
     if stopped:
         lines.append(
             "The run stopped: job(s) failed (see 'Error in rule' above and the job logs). "
             "Environment errors (disk full, read-only or unwritable folder, I/O error, out of "
             "memory) fail their job instead of being recorded against a study: fix the cause "
             "and run the same command again; finished studies are kept."
+        )
+    elif failed:
+        lines.append(
+            "The run succeeded (exit status 0): only studies failed, on their input; fix or "
+            "remove them and run again to retry them."
         )
     return "\n".join(lines)
 

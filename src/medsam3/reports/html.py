@@ -1,174 +1,211 @@
-"""The self-contained HTML summary of a reports folder, and its figures one by one.
+"""The self-contained ``report.html`` of a reports folder (figures from ``reports.figures``).
 
-Figures are drawn with matplotlib's object API (no pyplot state, any backend) and embedded as
-base64 PNGs, so the HTML file has no external references. ``save_figures`` writes the same
-figures as separate PNGs for Snakemake's ``report(...)``.
+Sections: the run (date, cohort, studies, config hash, backend, checkpoint, version, commit,
+presence threshold), studies by status, failures with their reasons and study ids, one row per
+study with a thumbnail overlay (ground truth and prediction in two colours, with a legend),
+the concepts (found in how many studies, presence quantiles, why a concept found nowhere was
+not found), sizes per concept by modality and kind, Dice, best and worst distinct cases, and
+ingest warnings. Images are embedded as base64 PNGs: the file has no external references and
+no scripts. ``save_figures`` writes the figures as PNGs for Snakemake's ``report(...)``.
 """
 
 from __future__ import annotations
 
 import base64
 import html
-import io
+from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 from matplotlib.figure import Figure
 
 from medsam3.io.atomic import atomic_path, write_text_atomic
+from medsam3.reports.figures import (
+    Overlay,
+    dice_figure,
+    overlay_figure,
+    png_bytes,
+    size_figure,
+)
 from medsam3.reports.schemas import TABLE_FILES
 from medsam3.types import PathLikeStr
 
-Overlay = tuple[str, np.ndarray, np.ndarray]
+MAX_STUDY_ROWS = 1000  # studies listed (with thumbnails) in the page; all are in the tables
+FIGURES = ("sizes", "dice", "overlays")
+_TITLES = {
+    "sizes": "Sizes per concept, by modality and kind",
+    "dice": "Dice per concept",
+    "overlays": "Best and worst cases (Dice)",
+}
 
 
-def _read(reports_dir: Path, table: str, columns: list[str]):
+@dataclass
+class RunInfo:
+    """What the page says about the run besides its tables.
+
+    Attributes:
+        date: when the report was written (UTC ISO-8601).
+        cohort: the cohort table's file name.
+        presence_threshold: presence at which the model reports a concept present.
+        thumbnails: study id -> (PNG bytes, legend [(hex colour, label)]).
+    """
+
+    date: str
+    cohort: str
+    presence_threshold: float
+    thumbnails: dict[str, tuple[bytes, list[tuple[str, str]]]] = field(default_factory=dict)
+
+
+def read_table(reports_dir: PathLikeStr, table: str, columns: list[str] | None = None):
     """Columns of a report table as a pandas frame, or None when the file is missing/empty."""
-    path = reports_dir / TABLE_FILES[table][0]
+    path = Path(reports_dir) / TABLE_FILES[table][0]
     if not path.is_file():
         return None
-    df = pq.read_table(path, columns=columns).to_pandas()
+    names = pq.read_schema(path).names
+    df = pq.read_table(path, columns=[c for c in columns or names if c in names]).to_pandas()
     return df if len(df) else None
 
 
-def _short(phrase: str, limit: int = 40) -> str:
-    """A concept phrase cut to fit a plot's axis labels."""
-    return phrase if len(phrase) <= limit else phrase[: limit - 3] + "..."
-
-
-def size_figure(reports_dir: PathLikeStr) -> Figure | None:
-    """Box plots of volume (ml, volumes) and area (mm^2, images) per concept.
-
-    Args:
-        reports_dir: folder with segments.parquet.
-
-    Returns:
-        A matplotlib Figure, or None when no concept was found in any study.
-    """
-    df = _read(
-        Path(reports_dir), "segments", ["concept", "level", "voxels", "volume_ml", "area_mm2"]
-    )
-    if df is None:
-        return None
-    df = df[(df["level"] == "concept") & (df["voxels"] > 0)]
-    panels = [
-        (c, u)
-        for c, u in (("volume_ml", "volume (ml)"), ("area_mm2", "area (mm²)"))
-        if df[c].notna().any()
-    ]
-    if not panels:
-        return None
-    fig = Figure(figsize=(6.5 * len(panels), 0.45 * df["concept"].nunique() + 2.2))
-    for ax, (col, label) in zip(
-        fig.subplots(1, len(panels), squeeze=False)[0], panels, strict=True
-    ):
-        sub = df[df[col].notna()]
-        groups = sorted(sub.groupby("concept")[col])
-        ax.boxplot(
-            [g.to_numpy() for _, g in groups],
-            orientation="horizontal",
-            tick_labels=[f"{_short(name)} (n={len(g)})" for name, g in groups],
-        )
-        ax.set_xlabel(label)
-        ax.set_title(f"{label.split(' ')[0]} per concept (studies where present)")
-    fig.tight_layout()
-    return fig
-
-
-def dice_figure(reports_dir: PathLikeStr) -> Figure | None:
-    """Dice per concept (box plot with the points), when a metrics table exists.
-
-    Args:
-        reports_dir: folder with metrics.parquet.
-
-    Returns:
-        A matplotlib Figure, or None without metrics.
-    """
-    df = _read(Path(reports_dir), "metrics", ["concept", "dice"])
-    if df is None:
-        return None
-    groups = sorted(df.dropna(subset=["dice"]).groupby("concept")["dice"])
-    fig = Figure(figsize=(7, 0.45 * len(groups) + 2.2))
-    ax = fig.subplots()
-    ax.boxplot(
-        [g.to_numpy() for _, g in groups],
-        orientation="horizontal",
-        tick_labels=[f"{_short(n)} (median {g.median():.2f}, n={len(g)})" for n, g in groups],
-    )
-    for i, (_, g) in enumerate(groups, start=1):
-        ax.plot(g.to_numpy(), np.full(len(g), i), "k.", alpha=0.4)
-    ax.set_xlim(-0.02, 1.02)
-    ax.set_xlabel("Dice")
-    ax.set_title("Dice per concept")
-    fig.tight_layout()
-    return fig
-
-
-def overlay_figure(overlays: list[Overlay]) -> Figure | None:
-    """A row of images with their masks overlaid in colour.
-
-    Args:
-        overlays: (caption, image, mask) with image (y, x) grey or (y, x, 3) uint8 RGB and mask
-            (y, x) (nonzero = concept). Captions must not hold patient identifiers.
-
-    Returns:
-        A matplotlib Figure, or None for no overlays.
-    """
-    if not overlays:
-        return None
-    n = len(overlays)
-    cols = min(n, 4)
-    rows = -(-n // cols)
-    fig = Figure(figsize=(3.2 * cols, 3.4 * rows))
-    axes = fig.subplots(rows, cols, squeeze=False).ravel()
-    for ax, (caption, image, mask) in zip(axes, overlays, strict=False):
-        ax.imshow(image, cmap="gray" if np.asarray(image).ndim == 2 else None)
-        ax.imshow(
-            np.ma.masked_equal(np.asarray(mask) > 0, False),
-            cmap="autumn",
-            alpha=0.45,
-            vmin=0,
-            vmax=1,
-            interpolation="nearest",
-        )
-        if np.asarray(mask).any():
-            ax.contour(np.asarray(mask) > 0, levels=[0.5], colors="red", linewidths=0.8)
-        ax.set_title(caption, fontsize=8)
-    for ax in axes:
-        ax.axis("off")
-    fig.tight_layout()
-    return fig
-
-
-def _html_table(title: str, header: list[str], rows: list[list]) -> str:
-    """An <h2> title and a table; cells are escaped; no rows gives one "none" row."""
+def _table(title: str, header: list[str], rows: list[list], raw: set[int] = frozenset()) -> str:
+    """An <h2> title and a table; cells are escaped except the columns in ``raw``."""
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
     body = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in row) + "</tr>" for row in rows
+        "<tr>"
+        + "".join(
+            f"<td>{v if i in raw else html.escape(str(v))}</td>" for i, v in enumerate(row)
+        )
+        + "</tr>"
+        for row in rows
     )
     body = body or f"<tr><td colspan={len(header)}>none</td></tr>"
     return f"<h2>{title}</h2><table><tr>{head}</tr>{body}</table>"
 
 
-def _counts_html(reports_dir: Path) -> str:
-    """HTML tables of studies by status and failures by stage."""
-    parts = []
-    for table, col, title in (
-        ("studies", "status", "Studies by status"),
-        ("failures", "stage", "Failures by stage"),
-    ):
-        df = _read(reports_dir, table, [col])
-        counts = {} if df is None else df[col].value_counts().sort_index().to_dict()
-        parts.append(_html_table(title, [col, "count"], [[k, v] for k, v in counts.items()]))
+def _short_digest(values) -> str:
+    found = sorted({str(v) for v in values if v is not None and v == v})
+    return ", ".join(v[:12] for v in found) or "-"
+
+
+def _run_html(reports_dir: Path, run: RunInfo) -> str:
+    """The run header: one row per fact."""
+    prov = read_table(reports_dir, "provenance")
+    studies = read_table(reports_dir, "studies", ["status"])
+    counts = {} if studies is None else studies["status"].value_counts().to_dict()
+    n = 0 if studies is None else len(studies)
+    status = ", ".join(f"{v} {k}" for k, v in sorted(counts.items())) or "none"
+    col = (lambda c: prov[c] if prov is not None else [])  # noqa: E731
+    rows = [
+        ["date", run.date],
+        ["cohort", run.cohort],
+        ["studies", f"{n} ({status})"],
+        ["config sha256", _short_digest(col("config_sha256"))],
+        ["backend", ", ".join(sorted(set(col("backend")))) or "-"],
+        ["checkpoint sha256", _short_digest(col("checkpoint_digest"))],
+        ["medsam3 version", ", ".join(sorted(set(col("package_version")))) or "-"],
+        ["commit", _short_digest(col("git_commit"))],
+        ["presence threshold", f"{run.presence_threshold:.2f}"],
+    ]
+    return _table("Run", ["", ""], rows)
+
+
+def _failures_html(reports_dir: Path) -> str:
+    """Failures by stage, then every failure with its study id and reason."""
+    df = read_table(reports_dir, "failures", ["study_id", "stage", "error"])
+    counts = {} if df is None else df["stage"].value_counts().sort_index().to_dict()
+    parts = [_table("Failures by stage", ["stage", "count"], [[k, v] for k, v in counts.items()])]
+    rows = [] if df is None else df[["study_id", "stage", "error"]].values.tolist()
+    parts.append(_table("Failed studies and reasons", ["study", "stage", "reason"], rows))
     return "\n".join(parts)
 
 
+def _size_text(row) -> str:
+    """A concept row's size with its unit (mm only for physical spacing)."""
+    if pd.notna(row.get("volume_ml")):
+        return f"{row['volume_ml']:.1f} ml"
+    if pd.notna(row.get("area_mm2")):
+        return f"{row['area_mm2']:.0f} mm²"
+    unit = "px" if row.get("spacing_unit") == "pixel" or pd.isna(row.get("volume_ml")) else "vx"
+    return f"{int(row['voxels'])} {unit}"
+
+
+def _text(value, missing: str = "-") -> str:
+    """A cell's text: ``missing`` for None and NaN."""
+    return missing if value is None or (isinstance(value, float) and value != value) else str(value)
+
+
+def _legend_html(legend: list[tuple[str, str]]) -> str:
+    return "<br>".join(
+        f'<span class="sw" style="background:{c}"></span>{html.escape(label)}'
+        for c, label in legend
+    )
+
+
+def _studies_html(reports_dir: Path, run: RunInfo) -> str:
+    """One row per study (up to MAX_STUDY_ROWS): status, modality, concepts found, thumbnail."""
+    studies = read_table(reports_dir, "studies")
+    if studies is None:
+        return ""
+    segs = read_table(reports_dir, "segments")
+    metrics = read_table(reports_dir, "metrics", ["study_id", "concept", "dice"])
+    dice = {} if metrics is None else {(m[0], m[1]): m[2] for m in metrics.values.tolist()}
+    rows = []
+    for st in studies.head(MAX_STUDY_ROWS).to_dict("records"):
+        found = []
+        if segs is not None:
+            own = segs[(segs["study_id"] == st["study_id"]) & (segs["level"] == "concept")]
+            for r in own.to_dict("records"):
+                text = f"{r['concept']}: {int(r['n_instances'])} inst., {_size_text(r)}"
+                d = dice.get((st["study_id"], r["concept"]))
+                text += f", Dice {d:.2f}" if d is not None and d == d else ""
+                found.append(html.escape(text))
+        thumb, legend = run.thumbnails.get(st["study_id"], (None, []))
+        img = (
+            f'<img class="th" alt="{html.escape(st["study_id"])}" '
+            f'src="data:image/png;base64,{base64.b64encode(thumb).decode()}">'
+            if thumb
+            else "-"
+        )
+        modality = f"{_text(st.get('modality'))} ({_text(st.get('modality_source'))})"
+        region = _text(st.get("body_region"))
+        reason = html.escape(_text(st.get("error"), ""))
+        rows.append(
+            [html.escape(st["study_id"]), html.escape(str(st["status"])), html.escape(
+                f"{_text(st.get('kind'))}, {modality}, {region}"), "<br>".join(found) or reason,
+             img, _legend_html(legend)]  # fmt: skip
+        )
+    note = "" if len(studies) <= MAX_STUDY_ROWS else f" (first {MAX_STUDY_ROWS} of {len(studies)})"
+    header = ["study", "status", "kind, modality (source), region", "concepts / reason", "overlay",
+              "legend"]  # fmt: skip
+    return _table(f"Studies{note}", header, rows, raw=set(range(6)))
+
+
+def _concepts_html(reports_dir: Path, threshold: float) -> str:
+    """Per concept: studies, found in, presence quantiles; a concept found nowhere says why."""
+    df = read_table(reports_dir, "segments", ["concept", "level", "voxels", "presence"])
+    if df is None:
+        return ""
+    rows = []
+    for concept, g in sorted(df[df["level"] == "concept"].groupby("concept")):
+        q = g["presence"].quantile([0, 0.25, 0.5, 0.75, 1]).to_numpy()
+        hits = int((g["voxels"] > 0).sum())
+        note = ""
+        if hits == 0:
+            below = int((g["presence"] < threshold).sum())
+            note = (
+                f"no hit: presence below the threshold {threshold:.2f} in {below} of {len(g)} "
+                f"studies (max {q[4]:.2f})"
+                + ("; above it the mask came out empty" if below < len(g) else "")
+            )
+        quantiles = " / ".join(f"{v:.2f}" for v in q)
+        rows.append([concept, len(g), hits, quantiles, note])
+    header = ["concept", "studies", "found in", "presence min / q25 / median / q75 / max", "note"]
+    return _table("Concepts", header, rows)
+
+
 def _warnings_html(reports_dir: Path, examples: int = 5) -> str:
-    """HTML table of ingest warnings: each kind (the text before its first ':'), how many
-    studies have it and a few of them; empty when no study has a warning."""
-    df = _read(reports_dir, "studies", ["study_id", "warnings"])
+    """Ingest warnings: each kind (text before its first ':'), how many studies, a few ids."""
+    df = read_table(reports_dir, "studies", ["study_id", "warnings"])
     if df is None:
         return ""
     pairs = df.explode("warnings").dropna(subset=["warnings"])
@@ -180,46 +217,17 @@ def _warnings_html(reports_dir: Path, examples: int = 5) -> str:
         for kind, g in sorted(pairs.groupby("kind"))
     ]
     header = ["warning", "studies", f"e.g. (first {examples}; all in studies.parquet)"]
-    return _html_table("Ingest warnings", header, rows)
-
-
-def _concepts_html(reports_dir: Path) -> str:
-    """HTML table per concept: studies asked, studies where found, median presence.
-
-    Lists concepts that were found nowhere too, so an empty result is visible in the report.
-    """
-    df = _read(reports_dir, "segments", ["concept", "level", "voxels", "presence"])
-    if df is None:
-        return ""
-    groups = sorted(df[df["level"] == "concept"].groupby("concept"))
-    rows = [
-        [c, len(g), int((g["voxels"] > 0).sum()), f"{g['presence'].median():.2f}"]
-        for c, g in groups
-    ]
-    header = ["concept", "studies", "found in", "median presence"]
-    return _html_table("Concepts", header, rows)
-
-
-def _png_bytes(fig: Figure) -> bytes:
-    """A figure rendered as PNG bytes."""
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    return buf.getvalue()
+    return _table("Ingest warnings", header, rows)
 
 
 def report_figures(reports_dir: PathLikeStr, overlays: list[Overlay] | None) -> dict[str, Figure]:
-    """All figures that have data, by name (sizes, dice, overlays).
-
-    Args:
-        reports_dir: the reports folder.
-        overlays: optional overlay cases (see :func:`overlay_figure`).
-
-    Returns:
-        dict name -> Figure, skipping figures without data.
-    """
+    """The figures that have data, by name (sizes, dice, overlays)."""
+    reports_dir = Path(reports_dir)
+    segments, studies = read_table(reports_dir, "segments"), read_table(reports_dir, "studies")
+    metrics = read_table(reports_dir, "metrics", ["concept", "dice"])
     figs = {
-        "sizes": size_figure(reports_dir),
-        "dice": dice_figure(reports_dir),
+        "sizes": None if segments is None or studies is None else size_figure(segments, studies),
+        "dice": None if metrics is None else dice_figure(metrics),
         "overlays": overlay_figure(overlays or []),
     }
     return {k: v for k, v in figs.items() if v is not None}
@@ -228,78 +236,94 @@ def report_figures(reports_dir: PathLikeStr, overlays: list[Overlay] | None) -> 
 def save_figures(
     reports_dir: PathLikeStr, outdir: PathLikeStr, overlays: list[Overlay] | None = None
 ) -> dict[str, Path]:
-    """Save each report figure as its own PNG (for Snakemake ``report(...)``).
-
-    Args:
-        reports_dir: the reports folder.
-        outdir: destination folder; files are ``<name>.png``.
-        overlays: optional overlay cases.
+    """Save every report figure as ``<name>.png`` (for Snakemake ``report(...)``); a figure
+    without data is a small picture saying so, so the files always exist.
 
     Returns:
-        dict name -> written PNG path.
+        dict name -> written PNG path, for each of ``FIGURES``.
     """
+    figs = report_figures(reports_dir, overlays)
     out = {}
-    for name, fig in report_figures(reports_dir, overlays).items():
+    for name in FIGURES:
+        fig = figs.get(name) or _empty_figure(f"{_TITLES[name]}: no data in this run")
         with atomic_path(Path(outdir) / f"{name}.png") as tmp:
-            tmp.write_bytes(_png_bytes(fig))
+            tmp.write_bytes(png_bytes(fig))
         out[name] = Path(outdir) / f"{name}.png"
     return out
 
 
+def _empty_figure(text: str) -> Figure:
+    fig = Figure(figsize=(6, 1))
+    fig.text(0.5, 0.5, text, ha="center", va="center")
+    return fig
+
+
 _CSS = (
-    "body{font-family:sans-serif;max-width:1100px;margin:2em auto}"
-    "table{border-collapse:collapse}td,th{border:1px solid #bbb;padding:2px 8px}"
-    "img{max-width:100%}"
+    "body{font-family:sans-serif;max-width:1200px;margin:2em auto;color:#222}"
+    "table{border-collapse:collapse;margin-bottom:1em}"
+    "td,th{border:1px solid #bbb;padding:2px 8px;vertical-align:top;text-align:left}"
+    "img{max-width:100%}.th{width:160px}"
+    ".sw{display:inline-block;width:.9em;height:.9em;margin-right:.3em;border:1px solid #666}"
 )
-_TITLES = {
-    "sizes": "Volume / area per concept",
-    "dice": "Dice per concept",
-    "overlays": "Best and worst cases",
-}
 
 
 def write_html_report(
-    reports_dir: PathLikeStr, out_html: PathLikeStr, overlays: list[Overlay] | None = None
+    reports_dir: PathLikeStr,
+    out_html: PathLikeStr,
+    overlays: list[Overlay] | None = None,
+    run: RunInfo | None = None,
 ) -> Path:
     """Write one self-contained HTML summary (figures embedded as base64 PNG).
 
     Args:
         reports_dir: folder with the Parquet tables (missing tables are skipped).
         out_html: destination ``.html`` (written atomically).
-        overlays: optional (caption, image, mask) cases, e.g. best and worst Dice.
+        overlays: best and worst cases (:class:`medsam3.reports.figures.Overlay`).
+        run: the run's date, cohort, presence threshold and per-study thumbnails.
 
     Returns:
         The destination path.
     """
     reports_dir = Path(reports_dir)
-    sections = [_counts_html(reports_dir), _warnings_html(reports_dir), _concepts_html(reports_dir)]
+    run = run or RunInfo(date="-", cohort="-", presence_threshold=0.5)
+    sections = [
+        _run_html(reports_dir, run),
+        _failures_html(reports_dir),
+        _studies_html(reports_dir, run),
+        _concepts_html(reports_dir, run.presence_threshold),
+    ]
     for name, fig in report_figures(reports_dir, overlays).items():
-        data = base64.b64encode(_png_bytes(fig)).decode("ascii")
+        data = base64.b64encode(png_bytes(fig)).decode("ascii")
         sections.append(
             f'<h2>{_TITLES[name]}</h2><img alt="{name}" src="data:image/png;base64,{data}">'
         )
+    sections.append(_warnings_html(reports_dir))
     doc = (
-        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>medsam3 report</title>"
+        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
+        "<title>medsam3 report</title>"
         f"<style>{_CSS}</style></head><body><h1>medsam3 report</h1>\n"
-        + "\n".join(sections)
+        + "\n".join(s for s in sections if s)
         + "\n</body></html>\n"
     )
     return write_text_atomic(out_html, doc)
 
 
 def best_worst(reports_dir: PathLikeStr, n: int = 2) -> list[tuple[str, str, float]]:
-    """The n best and n worst (study_id, concept, dice) by Dice, for overlay picking.
+    """The n best and n worst distinct (study_id, concept, dice) by Dice.
 
     Args:
         reports_dir: folder with metrics.parquet.
-        n: cases from each end.
+        n: cases from each end; with fewer than 2n cases each appears once (best first).
 
     Returns:
-        list of (study_id, concept, dice), best first then worst; empty without metrics.
+        list of (study_id, concept, dice), best first then worst, no case twice.
     """
-    df = _read(Path(reports_dir), "metrics", ["study_id", "concept", "dice"])
+    df = read_table(reports_dir, "metrics", ["study_id", "concept", "dice"])
     if df is None:
         return []
-    df = df.dropna(subset=["dice"]).sort_values("dice", ascending=False)
-    picked = pd.concat([df.head(n), df.tail(n)]).drop_duplicates()
+    df = df.dropna(subset=["dice"]).drop_duplicates(["study_id", "concept"])
+    df = df.sort_values(["dice", "study_id"], ascending=[False, True])
+    best = df.head(n)
+    worst = df.drop(best.index).tail(n)
+    picked = pd.concat([best, worst])
     return [(r.study_id, r.concept, float(r.dice)) for r in picked.itertuples()]

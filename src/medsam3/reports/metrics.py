@@ -267,11 +267,12 @@ def _read_png_truth(path: Path, label_value, like: MedImage) -> np.ndarray:
 
 
 def _read_zarr_truth(ref: str, like: MedImage) -> tuple[np.ndarray, MedImage | None]:
-    """Zarr ``store#labels/<name>`` or ``store#image``: array and geometry when stored."""
+    """Zarr ``store#labels/<name>`` or ``store#0`` (a medsam3 store's image, level 0): array
+    and geometry when stored."""
     store, _, key = ref.partition("#")
     root = zarr.open_group(store, mode="r")
-    node = root[key or "image"]
-    if isinstance(node, zarr.Group):  # OME-Zarr style multiscale: level 0
+    node = root[key or "0"]
+    if isinstance(node, zarr.Group):  # an OME-Zarr image or label: level 0
         node = node["0"]
     arr = np.asarray(node[...])
     attrs = {**dict(root.attrs), **dict(node.attrs)}

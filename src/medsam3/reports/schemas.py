@@ -30,7 +30,18 @@ STUDIES_SCHEMA = pa.schema(
         _f("modality_predicted", _STR, "modality named by the model when it was asked, else null"),
         _f("modality_confidence", _F64, "the model's probability for modality_predicted"),
         _f("shape", pa.list_(_I64), "array shape in SimpleITK voxel order (z|t, y, x[, c])"),
-        _f("spacing", pa.list_(_F64), "SimpleITK (x, y[, z]) spacing in mm"),
+        _f("spacing", pa.list_(_F64), "SimpleITK (x, y[, z]) spacing, in spacing_unit"),
+        _f("spacing_unit", _STR, "mm (physical spacing) or pixel (the source has none)"),
+        _f(
+            "body_region",
+            _STR,
+            "body region imaged (head, chest, abdomen, ...) when known; picks default concepts",
+        ),
+        _f(
+            "body_region_source",
+            _STR,
+            "where body_region came from: dicom (BodyPartExamined), description or field of view",
+        ),
         _f("origin", pa.list_(_F64), "SimpleITK (x, y[, z]) origin in mm (LPS for DICOM)"),
         _f("frame_count", _I64, "frames (video), slices (volume) or 1 (image)"),
         _f("source_digest", _STR, "sha256 over the source file bytes"),
@@ -52,14 +63,38 @@ SEGMENTS_SCHEMA = pa.schema(
         _f("level", _STR, "'concept' (union of instances) or 'instance'"),
         _f("instance", _I64, "instance number (1-based; null on concept rows)"),
         _f("presence", _F64, "model presence probability of the concept in the study"),
-        _f("score", _F64, "instance score; on concept rows the best instance score"),
-        _f("n_instances", _I64, "instances in the concept mask (concept rows)"),
+        _f(
+            "score",
+            _F64,
+            "instance score (a component no model instance overlaps: the presence); on concept "
+            "rows the best instance score",
+        ),
+        _f(
+            "n_instances",
+            _I64,
+            "instances (concept rows): the model's instances when they cover the mask, else its "
+            "26/8-connected components (io.masks.instance_labels); the same count as the CLI's",
+        ),
         _f("n_components", _I64, "26/8-connected components (scipy.ndimage.label, full)"),
         _f("voxels", _I64, "foreground voxels (pixels for images; all frames for video)"),
-        _f("volume_ml", _F64, "voxels x voxel volume / 1000 (volumes only)"),
+        _f(
+            "volume_ml",
+            _F64,
+            "voxels x voxel volume / 1000 (volumes with physical spacing; null when spacing_unit "
+            "is pixel)",
+        ),
         _f("area_px", _I64, "foreground pixels (images only)"),
         _f(
-            "area_mm2", _F64, "pixels x pixel area in mm^2 (images; equals area_px at unit spacing)"
+            "area_mm2",
+            _F64,
+            "pixels x pixel area in mm^2 (images with physical spacing, e.g. DICOM PixelSpacing; "
+            "null for PNG/JPEG/TIFF, whose size is area_px)",
+        ),
+        _f(
+            "spacing_unit",
+            _STR,
+            "mm when the image's spacing is physical, pixel when the source has none (sizes are "
+            "then voxels / area_px only)",
         ),
         _f("bbox_voxel", pa.list_(_I64), "(x0, y0[, z0], x1, y1[, z1]) index box, ends exclusive"),
         _f("bbox_mm", pa.list_(_F64), "world-axis box (min xyz, max xyz) of extreme voxel centres"),

@@ -72,6 +72,9 @@ def study_row(
             modality_source=image.modality_source,
             shape=list(image.shape),
             spacing=list(image.spacing),
+            spacing_unit=image.spacing_unit,
+            body_region=image.body_region,
+            body_region_source=image.body_region_source,
             origin=list(image.origin),
             frame_count=image.frame_count,
             source_digest=image.source_digest,
@@ -80,16 +83,6 @@ def study_row(
     if modality and modality.get("modality_source"):
         row.update(modality)
     return row
-
-
-def _instance_labels(mask: np.ndarray) -> tuple[np.ndarray, int]:
-    """Instance label map: the given ids when the mask holds ids > 1, else connected components."""
-    if mask.max(initial=0) > 1:
-        ids = np.unique(mask[mask > 0])
-        lut = np.zeros(int(ids.max()) + 1, dtype=np.int32)
-        lut[ids] = np.arange(1, len(ids) + 1)
-        return lut[mask], len(ids)
-    return _components(mask)
 
 
 def _components(mask: np.ndarray) -> tuple[np.ndarray, int]:
@@ -140,14 +133,16 @@ def _sizes(region: np.ndarray, slices: tuple[slice, ...], image: MedImage) -> di
     n = int(region.sum())
     out = {"voxels": n}
     sp = [float(s) for s in image.spacing]
+    physical = image.has_physical_spacing
     if image.kind == "image":
-        out.update(area_px=n, area_mm2=n * sp[0] * sp[1])
+        out.update(area_px=n, area_mm2=n * sp[0] * sp[1] if physical else None)
         return out
     z0 = slices[0].start
     per = region.reshape(region.shape[0], -1).sum(1)
     present = [int(z0 + i) for i in np.flatnonzero(per)]
     if image.kind == "volume":
-        out.update(volume_ml=n * sp[0] * sp[1] * sp[2] / 1000.0, slices=present)
+        volume = n * sp[0] * sp[1] * sp[2] / 1000.0 if physical else None
+        out.update(volume_ml=volume, slices=present)
     else:
         full = np.zeros(image.spatial_shape[0], dtype=np.int64)
         full[z0 : z0 + len(per)] = per
@@ -174,18 +169,19 @@ def segment_rows(
 ) -> list[dict]:
     """Rows of the segments table for one (study, concept): one concept row, one per instance.
 
-    Instances are the mask's ids when it holds values > 1 (instance k = k-th smallest id), else
-    the fully connected components of the 0/1 mask (numbered in scan order). Instance k gets
-    ``instance_scores[k - 1]`` when that list is long enough, else a null score.
+    The instances are the label map's ids (``io.masks.instance_labels`` made them: the model's
+    instances, or the connected components of the union); instance k is the k-th smallest id
+    and gets ``instance_scores[id - 1]`` (the presence when the list is shorter). Sizes in mm
+    (``area_mm2``, ``volume_ml``) only when the image's spacing is physical; otherwise they are
+    null and ``voxels`` / ``area_px`` count pixels.
 
     Args:
         study_id: pseudonymous study id.
         concept: concept phrase.
-        result_mask: uint8/int (y, x), (z, y, x) or (t, y, x) mask, 0/1 or instance ids, on
-            ``image``'s grid.
+        result_mask: (y, x), (z, y, x) or (t, y, x) instance ids on ``image``'s grid.
         image: the segmented image (geometry source).
         presence: concept presence probability.
-        instance_scores: per-instance scores in instance order.
+        instance_scores: per-id scores.
         backend: backend name.
         checkpoint_digest: sha256 of the checkpoint.
         missing_slices: the volume's series misses slices (flagged on every row).
@@ -208,15 +204,16 @@ def segment_rows(
         backend=backend,
         checkpoint_digest=checkpoint_digest,
         missing_slices=bool(missing_slices),
+        spacing_unit=image.spacing_unit,
     )
-    labels, n_inst = _instance_labels(mask)
-    scores = [float(s) for s in instance_scores]
+    ids = [int(v) for v in np.unique(mask[mask > 0])]
+    scores = [_score(instance_scores, v, presence) for v in ids]
     concept_row = {
         **base,
         "level": "concept",
-        "n_instances": n_inst,
+        "n_instances": len(ids),
         "score": max(scores) if scores else None,
-        "n_components": n_inst if mask.max(initial=0) <= 1 else _components(mask)[1],
+        "n_components": _components(mask)[1],
     }
     union = (mask > 0).astype(np.uint8)
     boxes = ndimage.find_objects(union)
@@ -225,27 +222,33 @@ def segment_rows(
     else:
         concept_row.update(voxels=0, **_empty_sizes(image))
     rows = [concept_row]
-    for k, sl in enumerate(ndimage.find_objects(labels), start=1):
-        if sl is None:
-            continue
+    boxes = ndimage.find_objects(mask.astype(np.int64))
+    for k, (value, score) in enumerate(zip(ids, scores, strict=True), start=1):
+        sl = boxes[value - 1]
         row = {
             **base,
             "level": "instance",
             "instance": k,
-            "score": scores[k - 1] if k <= len(scores) else None,
-            "n_components": _components(labels[sl] == k)[1],
+            "score": score,
+            "n_components": _components(mask[sl] == value)[1],
         }
-        row.update(_region_row(labels, k, sl, image))
+        row.update(_region_row(mask, value, sl, image))
         rows.append(row)
     return rows
 
 
+def _score(scores: list[float], value: int, presence: float) -> float:
+    """The score of instance id ``value`` (``scores[value - 1]``), else the presence."""
+    return float(scores[value - 1]) if 0 < value <= len(scores) else float(presence)
+
+
 def _empty_sizes(image: MedImage) -> dict:
     """Zero-size columns for an absent concept."""
+    physical = image.has_physical_spacing
     if image.kind == "image":
-        return {"area_px": 0, "area_mm2": 0.0}
+        return {"area_px": 0, "area_mm2": 0.0 if physical else None}
     if image.kind == "volume":
-        return {"volume_ml": 0.0, "slices": []}
+        return {"volume_ml": 0.0 if physical else None, "slices": []}
     return {"frames": [], "frame_pixels": [0] * int(image.spatial_shape[0])}
 
 
