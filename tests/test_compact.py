@@ -277,19 +277,49 @@ def test_thin_vessels_gain_from_tiles(model, shared_data):
     assert "tiles" not in box["retinal vessel"].extra, "a prompted concept is never tiled"
 
 
-def test_auto_device_keeps_compact_on_the_cpu_of_a_gpu_node(monkeypatch):
-    """The pipeline's default ``device: auto`` used to ask compact for cuda on GPU nodes."""
-    from medsam3.models.build import resolve_device
+def test_auto_device_picks_the_gpu_of_a_gpu_node_and_refuses_what_it_cannot_use(monkeypatch):
+    """``device: auto`` runs both backends on CUDA where torch sees a GPU; a CUDA request on a
+    machine without one, or an unknown device, fails before anything loads."""
+    from medsam3.models.build import resolve_device, uses_gpu
     from medsam3.pipeline.infer import _model_kwargs
     from medsam3.pipeline.settings import ModelSettings
 
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # as on a GPU node
-    assert _model_kwargs(ModelSettings("compact", "", "", "auto"))["device"] == "cpu"
-    assert resolve_device("compact", None) == "cpu"
-    assert resolve_device("sam3", "auto") == "cuda"
-    assert resolve_device("sam3", "cpu") == "cpu"
-    with pytest.raises(InputError, match="cpu only"):
-        load_model(backend="compact", device="cuda")
+    assert uses_gpu("compact", "auto") and not uses_gpu("compact", "cpu")
+    with monkeypatch.context() as m:
+        m.setattr(torch.cuda, "is_available", lambda: True)  # as on a GPU node
+        assert _model_kwargs(ModelSettings("compact", "", "", "auto"))["device"] == "cuda"
+        assert resolve_device("compact", None) == resolve_device("sam3", "auto") == "cuda"
+        assert resolve_device("compact", "cpu") == "cpu"
+    if not torch.cuda.is_available():
+        assert resolve_device("compact", "auto") == "cpu"
+        with pytest.raises(InputError, match="sees no CUDA GPU"):
+            load_model(backend="compact", device="cuda:0")
+    with pytest.raises(InputError, match="cpu or cuda"):
+        load_model(backend="compact", device="tpu")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cpu_and_gpu_agree(model, tmp_path):
+    """Same head and images on the CPU and on CUDA: presence within 1e-3, mask Dice >= 0.99
+    (2D images, and a volume through propagation)."""
+    import SimpleITK as sitk
+    from PIL import Image
+
+    from medsam3.pipeline.demo import build_demo
+
+    data = build_demo(tmp_path).parent / "data"
+    gpu = load_model(backend="compact", device="cuda")
+    cases = [
+        (np.asarray(Image.open(data / "chest_xray.png")), ["lung", "heart"], "xray"),
+        (sitk.GetArrayFromImage(sitk.ReadImage(data / "mni152_t1.nii.gz")), ["brain"], "mri"),
+    ]
+    for image, phrases, modality in cases:
+        cpu_out = model.segment(image, phrases, modality)
+        gpu_out = gpu.segment(image, phrases, modality)
+        for p in phrases:
+            assert abs(cpu_out[p].presence - gpu_out[p].presence) < 1e-3, p
+            a, b = cpu_out[p].mask > 0, gpu_out[p].mask > 0
+            assert 2 * (a & b).sum() / max(1, a.sum() + b.sum()) >= 0.99 or not (a.any() or b.any())
 
 
 def test_synonyms_and_spelling_variants_give_the_concepts_mask(model, tmp_path):

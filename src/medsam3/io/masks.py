@@ -42,6 +42,7 @@ from medsam3.types import PathLikeStr
 MASK_FORMATS = ("nifti", "png", "dicom-seg", "nifti-ml")
 MULTILABEL = "segmentations"  # file stem of the multi-label NIfTI and its sidecar
 
+
 def _uint(n: int):
     """The smallest unsigned dtype holding ids up to ``n``."""
     return np.uint8 if n <= 255 else (np.uint16 if n <= 65535 else np.uint32)

@@ -30,7 +30,7 @@ BACKENDS: dict[str, Callable[..., Segmenter]] = {
 
 
 DEVICES: dict[str, tuple[str, ...]] = {  # device kinds each backend runs on
-    "compact": ("cpu",),
+    "compact": ("cpu", "cuda"),
     "sam3": ("cpu", "cuda"),
 }
 
@@ -39,8 +39,7 @@ def resolve_device(backend: str, device: str | None = "auto") -> str:
     """The torch device to load a backend on.
 
     "auto" (or None) picks CUDA when torch sees a GPU and the backend runs on one, else the
-    CPU: the compact backend stays on the CPU on a GPU node. An explicit device is returned
-    as given, and the backend refuses one it cannot use.
+    CPU. An explicit device is returned as given, and the backend refuses one it cannot use.
     """
     if device not in (None, "", "auto"):
         return device

@@ -135,9 +135,11 @@ class CompactSegmenter(Segmenter):
         self.presence_threshold, self.iou_gate = presence_threshold, iou_gate
         self.max_refine, self.min_area, self.no_refine = max_refine, min_area, set(no_refine)
         self.max_instances, self.refine_min_share = max_instances, refine_min_share
+        self.device = sam.device
+        self.head.to(self.device)
         self.text = shared_text_encoder()
         self.feature_cache = feature_cache
-        self.modality_head = modality_head
+        self.modality_head = modality_head.to(self.device) if modality_head is not None else None
         self.calibration = {k.lower(): tuple(v) for k, v in (calibration or {}).items()}
 
     # --- plane-level verbs (used by propagate.py too) ---------------------------------------
@@ -151,17 +153,18 @@ class CompactSegmenter(Segmenter):
         """
         prep = prepare_image(rgb)
         if self.feature_cache:
-            emb = encode_cached(self.sam, prep)["embedding"][None].float()
+            emb = encode_cached(self.sam, prep)["embedding"][None].float().to(self.device)
         else:
             emb = self.sam.encode(prep)
-        feats = self.head.image_features(emb, prep.tensor)
+        feats = self.head.image_features(emb, prep.tensor.to(self.device))
         state = PlaneState(prep, emb, feats, modality)
         if modality is None and self.modality_head is not None:
             state.modality = self._recognise(state).modality
         return state
 
     def _recognise(self, state: PlaneState) -> ModalityGuess:
-        features = modality_features(state.embedding, state.prep.tensor, [state.prep.resized])
+        frame = state.prep.tensor.to(self.device)
+        features = modality_features(state.embedding, frame, [state.prep.resized])
         return self.modality_head.guess(features)[0]
 
     def recognise_modality(self, array: np.ndarray) -> ModalityGuess:
@@ -184,7 +187,7 @@ class CompactSegmenter(Segmenter):
         """Calibrated presence probabilities of head logits for a plane of a modality."""
         key = (modality or "").lower()
         scale, shift = self.calibration.get(key, self.calibration.get("default", (1.0, 0.0)))
-        return torch.sigmoid(logits * scale + shift).numpy()
+        return torch.sigmoid(logits * scale + shift).cpu().numpy()
 
     @torch.inference_mode()
     def detect(self, state: PlaneState, phrases: list[str]) -> tuple[np.ndarray, torch.Tensor]:
@@ -194,10 +197,13 @@ class CompactSegmenter(Segmenter):
             (K,) calibrated presence probabilities and (K, 1, 256, 256) dense logits (padded
             frame).
         """
-        text = torch.from_numpy(condition(phrases, self.text))
-        logits, dense = self.head.decode(state.feats, text)
+        logits, dense = self.head.decode(state.feats, self._text(phrases))
         presence = self.presence(logits, state.modality)
         return self._with_parent_presence(state, phrases, presence), dense
+
+    def _text(self, phrases: list[str]) -> torch.Tensor:
+        """Conditioned MiniLM vectors of phrases, on the model's device."""
+        return torch.from_numpy(condition(phrases, self.text)).to(self.device)
 
     def _with_parent_presence(self, state: PlaneState, phrases: list[str], presence: np.ndarray):
         """A subtype with no training masks of its own is present where its parent is.
@@ -211,8 +217,7 @@ class CompactSegmenter(Segmenter):
         if not parents:
             return presence
         names = sorted(set(parents.values()))
-        text = torch.from_numpy(condition(names, self.text))
-        logits, _ = self.head.decode(state.feats, text, coarse_only=True)
+        logits, _ = self.head.decode(state.feats, self._text(names), coarse_only=True)
         by_name = dict(zip(names, self.presence(logits, state.modality), strict=True))
         out = presence.copy()
         for k, parent in parents.items():
@@ -232,11 +237,11 @@ class CompactSegmenter(Segmenter):
         """
         if boxes is None:
             logits, _ = self.sam.decode(state.embedding, state.prep, points=points)
-            return (logits_to_original(logits, state.prep)[:, 0] > 0).numpy()
+            return _mask(logits, state.prep)
         parts = []
         for i in range(0, len(boxes), 32):
             logits, _ = self.sam.decode(state.embedding, state.prep, boxes=boxes[i : i + 32])
-            parts.append((logits_to_original(logits, state.prep)[:, 0] > 0).numpy())
+            parts.append(_mask(logits, state.prep))
         return np.concatenate(parts)
 
     @torch.inference_mode()
@@ -276,8 +281,8 @@ class CompactSegmenter(Segmenter):
         if pair is None or not mask.any():
             return mask
         side, base = pair
-        _, logits = self.head.decode(state.feats, torch.from_numpy(condition([base], self.text)))
-        both = (logits_to_original(logits, state.prep)[0, 0] > 0).numpy()
+        _, logits = self.head.decode(state.feats, self._text([base]))
+        both = _mask(logits, state.prep)[0]
         midline = bilateral_midline(both)
         if midline is None:
             return mask
@@ -287,7 +292,7 @@ class CompactSegmenter(Segmenter):
 
     def _refine_components(self, state: PlaneState, dense: torch.Tensor, phrase: str):
         """Dense mask -> decoder mask per large component where they agree (IoU >= iou_gate)."""
-        mask = (logits_to_original(dense[None], state.prep)[0, 0] > 0).numpy()
+        mask = _mask(dense[None], state.prep)[0]
         if phrase in self.no_refine or resolve(phrase) in self.no_refine or not mask.any():
             return mask
         labels, n = ndimage.label(mask)
@@ -486,6 +491,11 @@ def bilateral_midline(mask: np.ndarray, min_share: float = 0.1) -> float | None:
     return float(midline) if len(sides) == 2 else None
 
 
+def _mask(logits: torch.Tensor, prep: Prepared) -> np.ndarray:
+    """(n, 1, s, s) logits on any device -> (n, y, x) bool masks in original pixels (CPU)."""
+    return (logits_to_original(logits, prep)[:, 0] > 0).cpu().numpy()
+
+
 def _box(sl: tuple[slice, slice]) -> tuple[int, int, int, int]:
     """(y, x) slices -> (x0, y0, x1, y1), end exclusive."""
     return (sl[1].start, sl[0].start, sl[1].stop, sl[0].stop)
@@ -498,18 +508,27 @@ def build_compact(
 
     Args:
         checkpoint: concept head .safetensors (None = the shipped head).
-        device: only "cpu" is supported by this backend.
+        device: "cpu", "cuda" or "cuda:N" (LiteMedSAM, the head and the modality classifier
+            run there; MiniLM stays on the CPU, its phrase vectors are cached).
         **kw: CompactSegmenter options (presence_threshold, iou_gate, max_refine, min_area).
 
     Returns:
         A ready CompactSegmenter.
     """
-    if device != "cpu":
-        raise InputError(f"the compact backend runs on cpu only, got device={device!r}")
+    _check_device(device)
     head, digest, info = load_head(checkpoint)
     kw.setdefault("no_refine", tuple(info.get("no_refine", ())))
     kw.setdefault("modality_head", info.get("modality_head"))
     kw.setdefault("calibration", info.get("presence_calibration"))
     if "presence_threshold" in info:
         kw.setdefault("presence_threshold", float(info["presence_threshold"]))
-    return CompactSegmenter(head, LiteMedSAM(), digest, **kw)
+    return CompactSegmenter(head, LiteMedSAM(device=device), digest, **kw)
+
+
+def _check_device(device: str) -> None:
+    """Refuse a device the compact backend cannot run on, before anything loads."""
+    kind = device.split(":")[0]
+    if kind not in ("cpu", "cuda"):
+        raise InputError(f"the compact backend runs on cpu or cuda[:N], got device={device!r}")
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"device={device!r} asked for, but torch sees no CUDA GPU here")

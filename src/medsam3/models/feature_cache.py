@@ -41,7 +41,7 @@ def encode_cached(sam: LiteMedSAM, prep: Prepared) -> dict[str, torch.Tensor]:
     path = feature_path(prep.digest)
     if path.is_file():
         return load_file(path)
-    emb = sam.encode(prep)[0].to(torch.float16)
+    emb = sam.encode(prep)[0].to(torch.float16).cpu()
     frame = (prep.tensor[0] * 255).round().to(torch.uint8)
     geom = torch.tensor([*prep.original, *prep.resized], dtype=torch.int64)
     entry = {"embedding": emb.contiguous(), "frame": frame.contiguous(), "geometry": geom}

@@ -135,10 +135,13 @@ class LiteMedSAM:
 
     Args:
         net: a network from :func:`build_litemedsam`; built when None.
+        device: torch device the network runs on ("cpu", "cuda", "cuda:1", ...); inputs are
+            moved there and outputs stay there (callers move what they keep to the CPU).
     """
 
-    def __init__(self, net: torch.nn.Module | None = None) -> None:
-        self.net = net if net is not None else build_litemedsam()
+    def __init__(self, net: torch.nn.Module | None = None, device: str = "cpu") -> None:
+        self.device = torch.device(device)
+        self.net = (net if net is not None else build_litemedsam()).to(self.device)
         for p in self.net.parameters():
             p.requires_grad_(False)
 
@@ -152,7 +155,7 @@ class LiteMedSAM:
         Returns:
             (1, 256, 64, 64) float32 embedding.
         """
-        x = prep.tensor.contiguous(memory_format=torch.channels_last)
+        x = prep.tensor.to(self.device).contiguous(memory_format=torch.channels_last)
         return self.net.image_encoder(x).contiguous()
 
     @torch.inference_mode()
@@ -179,11 +182,13 @@ class LiteMedSAM:
         pe = self.net.prompt_encoder
         if boxes is not None and len(boxes):
             box_t = torch.from_numpy(to_frame(np.asarray(boxes, np.float32), prep))[:, None, :]
+            box_t = box_t.to(self.device)
             sparse, dense = pe(points=None, boxes=box_t, masks=None)
         elif points is not None and len(points):
             pts = torch.from_numpy(to_frame(np.asarray(points, np.float32), prep))[None]
             labels = np.ones(len(points)) if point_labels is None else np.asarray(point_labels)
-            lab = torch.as_tensor(labels, dtype=torch.int64)[None]
+            lab = torch.as_tensor(labels, dtype=torch.int64)[None].to(self.device)
+            pts = pts.to(self.device)
             sparse, dense = pe(points=(pts, lab), boxes=None, masks=None)
         else:
             raise ValueError("decode needs boxes (n, 4) or points (m, 2); got neither")

@@ -85,6 +85,8 @@ def check_output_folder(outdir: str | Path) -> Path:
     if not os.access(folder, os.W_OK | os.X_OK):
         raise InputError(f"-o {outdir}: the folder is not writable; give another folder")
     return folder
+
+
 SIZE_KEYS = ("voxels", "area_px", "area_mm2", "volume_ml")
 
 

@@ -72,9 +72,7 @@ def _table(title: str, header: list[str], rows: list[list], raw: set[int] = froz
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
     body = "".join(
         "<tr>"
-        + "".join(
-            f"<td>{v if i in raw else html.escape(str(v))}</td>" for i, v in enumerate(row)
-        )
+        + "".join(f"<td>{v if i in raw else html.escape(str(v))}</td>" for i, v in enumerate(row))
         + "</tr>"
         for row in rows
     )
@@ -94,7 +92,7 @@ def _run_html(reports_dir: Path, run: RunInfo) -> str:
     counts = {} if studies is None else studies["status"].value_counts().to_dict()
     n = 0 if studies is None else len(studies)
     status = ", ".join(f"{v} {k}" for k, v in sorted(counts.items())) or "none"
-    col = (lambda c: prov[c] if prov is not None else [])  # noqa: E731
+    col = lambda c: prov[c] if prov is not None else []  # noqa: E731
     rows = [
         ["date", run.date],
         ["cohort", run.cohort],
@@ -170,9 +168,14 @@ def _studies_html(reports_dir: Path, run: RunInfo) -> str:
         region = _text(st.get("body_region"))
         reason = html.escape(_text(st.get("error"), ""))
         rows.append(
-            [html.escape(st["study_id"]), html.escape(str(st["status"])), html.escape(
-                f"{_text(st.get('kind'))}, {modality}, {region}"), "<br>".join(found) or reason,
-             img, _legend_html(legend)]  # fmt: skip
+            [
+                html.escape(st["study_id"]),
+                html.escape(str(st["status"])),
+                html.escape(f"{_text(st.get('kind'))}, {modality}, {region}"),
+                "<br>".join(found) or reason,
+                img,
+                _legend_html(legend),
+            ]  # fmt: skip
         )
     note = "" if len(studies) <= MAX_STUDY_ROWS else f" (first {MAX_STUDY_ROWS} of {len(studies)})"
     header = ["study", "status", "kind, modality (source), region", "concepts / reason", "overlay",
