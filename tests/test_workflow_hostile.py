@@ -316,8 +316,8 @@ def test_a_read_only_or_full_disk_fails_the_job_and_a_rerun_redoes_it(
     data = tmp_path / "DOE_JOHN_PHI12345"
     data.mkdir()
     rows = []
-    for i in range(3):
-        arr = np.random.default_rng(i).integers(-1000, 1000, (32, 64, 64)).astype(np.int16)
+    for i in range(3):  # full-range noise: 256 kB that no codec shrinks below the 200 kB disk
+        arr = np.random.default_rng(i).integers(-32768, 32767, (32, 64, 64)).astype(np.int16)
         sitk.WriteImage(sitk.GetImageFromArray(arr), str(data / f"v{i}.nii.gz"))
         rows.append((f"v{i}", str(data / f"v{i}.nii.gz"), "ct"))
     pd.DataFrame(rows, columns=["study_id", "path", "modality"]).to_csv(

@@ -244,13 +244,16 @@ def main(argv: list[str] | None = None) -> None:
         default=None,
         help="only these source datasets (manifest source_dataset)",
     )
+    ap.add_argument(
+        "--max-items", type=int, default=ALL_CAP, help="items per dataset with --split all"
+    )
     ap.add_argument("--skip", nargs="*", default=[], choices=["images", "video", "volumes"])
     ap.add_argument("--max-volume-concepts", type=int, default=12)
     args = ap.parse_args(argv)
     torch.set_num_threads(2)
     root = Path(args.data)
     model = build_compact(args.checkpoint, feature_cache=True)
-    caps = {"test": TEST_CAPS, "val": VAL_CAPS, "all": {"default": ALL_CAP}}[args.split]
+    caps = {"test": TEST_CAPS, "val": VAL_CAPS, "all": {"default": args.max_items}}[args.split]
     splits = SPLITS[args.split]
     images = None
     if "images" not in args.skip:

@@ -37,7 +37,9 @@ def slug(name: str) -> str:
     return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")[:40]
 
 
-def run_fold(base: dict, fold: str, held_out: list[str], out: Path) -> list[dict]:
+def run_fold(
+    base: dict, fold: str, held_out: list[str], out: Path, max_items: int = 40
+) -> list[dict]:
     """Train one fold (unless done) and evaluate each held-out dataset (unless done)."""
     head = out / fold / "head.safetensors"
     config = dict(base, output=str(head), run_name=f"lodo_{fold}", exclude_datasets=held_out)
@@ -49,6 +51,7 @@ def run_fold(base: dict, fold: str, held_out: list[str], out: Path) -> list[dict
         target = out / fold / slug(dataset)
         if not (target / "summary.json").is_file():
             args = ["--data", base["data_root"], "--checkpoint", str(head), "--out", str(target)]
+            args += ["--max-items", str(max_items)]
             evaluate_main([*args, "--split", "all", "--datasets", dataset])
         summary = json.loads((target / "summary.json").read_text(encoding="utf-8"))["summary"]
         rows.append({"fold": fold, "dataset": dataset, **summary})
@@ -76,11 +79,13 @@ def main(config_path: str) -> None:
     """Run every fold of a LODO config and write the table."""
     config = yaml.safe_load(Path(config_path).read_text(encoding="utf-8"))
     base = yaml.safe_load(Path(config["base"]).read_text(encoding="utf-8"))
+    base.update(config.get("overrides") or {})  # e.g. fewer steps on a small budget
     names = sorted({r["source_dataset"] for r in read_manifest(Path(base["data_root"]))})
     out = Path(config["out"])
     rows = []
     for fold, prefixes in config["folds"].items():
-        rows += run_fold(base, fold, match_datasets(names, prefixes), out)
+        held_out = match_datasets(names, prefixes)
+        rows += run_fold(base, fold, held_out, out, config.get("max_items", 40))
         (out / "lodo.md").write_text(table(rows), encoding="utf-8")
     print(table(rows))
 

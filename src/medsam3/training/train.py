@@ -187,7 +187,7 @@ def train(config: dict) -> Path:
         if step % config["eval_every"] and step != config["steps"]:
             continue
         metrics = validate(head, val, phrases, easy)
-        history["val"].append({"step": step, "loss": float(loss), **metrics})
+        history["val"].append({"step": step, "loss": float(loss.detach()), **metrics})
         print(
             f"step {step} ({time.time() - t0:.0f} s): loss {loss.item():.4f} val {metrics}",
             flush=True,
