@@ -298,6 +298,40 @@ def test_auto_device_picks_the_gpu_of_a_gpu_node_and_refuses_what_it_cannot_use(
         load_model(backend="compact", device="tpu")
 
 
+def test_batched_encoding_matches_one_plane_at_a_time(model, monkeypatch):
+    """Volumes go through the encoder in batches (as on a GPU); presence and masks are those
+    of one encoder pass per plane, and an out-of-memory error halves the batch."""
+    from nilearn.datasets import load_mni152_template
+
+    from medsam3.models.preprocess import to_uint8_rgb
+
+    vol = load_mni152_template(resolution=2).get_fdata().astype(np.float32)
+    span = (0.0, float(vol.max()))
+    rgbs = [to_uint8_rgb(np.rot90(vol[:, :, z]), "mri", intensity_range=span) for z in (30, 45, 60)]
+    one = [model.encode_plane(rgb, "mri") for rgb in rgbs]
+    real = model._encode_batch
+    sizes = []
+
+    def tight_memory(preps):  # a device that fits two planes per pass
+        sizes.append(len(preps))
+        if len(preps) > 2:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (test)")
+        return real(preps)
+
+    monkeypatch.setattr(model, "_encode_batch", tight_memory)
+    model.encode_batch = 4
+    batched = model.encode_planes(rgbs, "mri")
+    assert sizes == [3, 2, 1] and model.encode_batch == 2  # remembered for the next volume
+    model.encode_batch = None
+    for a, b in zip(one, batched, strict=True):
+        torch.testing.assert_close(a.embedding, b.embedding, atol=1e-3, rtol=1e-3)
+        pa, da = model.detect(a, ["brain"])
+        pb, db = model.detect(b, ["brain"])
+        assert abs(pa[0] - pb[0]) < 1e-3
+        ma, mb = model.refine(a, da[0], "brain"), model.refine(b, db[0], "brain")
+        assert 2 * (ma & mb).sum() / (ma.sum() + mb.sum()) >= 0.99
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_cpu_and_gpu_agree(model, tmp_path):
     """Same head and images on the CPU and on CUDA: presence within 1e-3, mask Dice >= 0.99

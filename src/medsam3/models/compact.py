@@ -23,6 +23,7 @@ from safetensors.torch import load_file
 from scipy import ndimage
 
 from medsam3.models.base import ConceptResult, Instance, Segmenter
+from medsam3.models.batching import auto_batch_size, in_batches
 from medsam3.models.concept_head import ConceptHead, HeadConfig
 from medsam3.models.concepts import lateral_pair, nearest, parent_of, resolve, tiles_of
 from medsam3.models.feature_cache import encode_cached
@@ -34,6 +35,7 @@ from medsam3.models.preprocess import group_by_ct_window, to_uint8_rgb
 from medsam3.models.propagate import segment_compact_stack
 from medsam3.models.text_encoder import shared_text_encoder
 
+PLANE_BYTES = 200 * 2**20  # generous peak activation memory of one plane (encoder + head)
 TILE_SIDE = 0.6  # thin-structure tiles: share of the image side (2 x 2 tiles overlap by 0.2)
 
 
@@ -141,6 +143,7 @@ class CompactSegmenter(Segmenter):
         self.feature_cache = feature_cache
         self.modality_head = modality_head.to(self.device) if modality_head is not None else None
         self.calibration = {k.lower(): tuple(v) for k, v in (calibration or {}).items()}
+        self.encode_batch: int | None = None  # planes per encoder pass; set on first use
 
     # --- plane-level verbs (used by propagate.py too) ---------------------------------------
     @torch.inference_mode()
@@ -161,6 +164,45 @@ class CompactSegmenter(Segmenter):
         if modality is None and self.modality_head is not None:
             state.modality = self._recognise(state).modality
         return state
+
+    @torch.inference_mode()
+    def encode_planes(self, rgbs: list[np.ndarray], modality: str | None = None):
+        """Encode planes in batches sized to the device (:mod:`medsam3.models.batching`).
+
+        The same as :meth:`encode_plane` on each plane, up to float rounding; a GPU runs one
+        encoder pass per batch instead of one per plane, and an out-of-memory error halves the
+        batch. With the feature cache on (evaluation), planes are encoded one by one.
+
+        Returns:
+            One PlaneState per plane, in order.
+        """
+        if self.feature_cache or len(rgbs) < 2:
+            return [self.encode_plane(rgb, modality) for rgb in rgbs]
+        if self.encode_batch is None:
+            self.encode_batch = auto_batch_size(self.device, PLANE_BYTES)
+        preps = [prepare_image(rgb) for rgb in rgbs]
+        states = []
+
+        def remember(size: int) -> None:
+            self.encode_batch = size
+
+        batches = in_batches(preps, self._encode_batch, self.encode_batch, remember)
+        for _start, _stop, part in batches:
+            states += part
+        for state in states:
+            state.modality = modality
+            if modality is None and self.modality_head is not None:
+                state.modality = self._recognise(state).modality
+        return states
+
+    def _encode_batch(self, preps: list[Prepared]) -> list[PlaneState]:
+        frames = torch.cat([p.tensor for p in preps]).to(self.device)
+        emb = self.sam.encode_frames(frames)
+        feats = self.head.image_features(emb, frames)
+        return [
+            PlaneState(p, emb[i : i + 1], {k: v[i : i + 1] for k, v in feats.items()})
+            for i, p in enumerate(preps)
+        ]
 
     def _recognise(self, state: PlaneState) -> ModalityGuess:
         frame = state.prep.tensor.to(self.device)

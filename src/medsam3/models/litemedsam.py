@@ -155,7 +155,19 @@ class LiteMedSAM:
         Returns:
             (1, 256, 64, 64) float32 embedding.
         """
-        x = prep.tensor.to(self.device).contiguous(memory_format=torch.channels_last)
+        return self.encode_frames(prep.tensor)
+
+    @torch.inference_mode()
+    def encode_frames(self, frames: torch.Tensor) -> torch.Tensor:
+        """Encoder pass over a batch of prepared frames.
+
+        Args:
+            frames: (B, 3, 256, 256) float frames in [0, 1] (``Prepared.tensor`` rows).
+
+        Returns:
+            (B, 256, 64, 64) float32 embeddings on the model's device.
+        """
+        x = frames.to(self.device).contiguous(memory_format=torch.channels_last)
         return self.net.image_encoder(x).contiguous()
 
     @torch.inference_mode()

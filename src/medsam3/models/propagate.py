@@ -20,6 +20,8 @@ from medsam3.models.base import ConceptResult, Instance
 from medsam3.models.preprocess import volume_intensity_range
 from medsam3.types import Kind
 
+ENCODE_CHUNK = 32  # planes handed to the encoder at once (the device then picks its batch)
+
 
 def _bbox(mask: np.ndarray, pad: int = 2) -> tuple[int, int, int, int] | None:
     """(x0, y0, x1, y1) of a 2D mask, padded and clipped; None when empty."""
@@ -107,7 +109,7 @@ def segment_compact_stack(
     """Segment a (z, y, x) volume or (t, y, x[, c]) video with a CompactSegmenter.
 
     Args:
-        model: a CompactSegmenter (uses plane_rgb_groups, encode_plane, detect, refine,
+        model: a CompactSegmenter (uses plane_rgb_groups, encode_planes, detect, refine,
             decoder_masks).
         stack: volume or video array.
         phrases: checked phrases.
@@ -126,9 +128,16 @@ def segment_compact_stack(
     pres = {p: np.zeros(n) for p in phrases}
     detected = {p: [] for p in phrases}
     states: dict[tuple[str, int], object] = {}
-    for z, plane in enumerate(planes):
-        for rgb, group in model.plane_rgb_groups(plane, phrases, modality, rng):
-            state = model.encode_plane(rgb, modality)
+    jobs = [
+        (z, rgb, group)
+        for z, plane in enumerate(planes)
+        for rgb, group in model.plane_rgb_groups(plane, phrases, modality, rng)
+    ]
+    for start in range(0, len(jobs), ENCODE_CHUNK):  # batched encoder passes, bounded memory
+        part = jobs[start : start + ENCODE_CHUNK]
+        for (z, _rgb, group), state in zip(
+            part, model.encode_planes([rgb for _, rgb, _ in part], modality), strict=True
+        ):
             presence, dense = model.detect(state, group)
             for k, p in enumerate(group):
                 pres[p][z] = presence[k]
