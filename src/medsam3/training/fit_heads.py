@@ -125,7 +125,7 @@ def refinement_choice(model, samples) -> tuple[list[str], dict]:
         _, dense = model.detect(state, pos)
         for k, c in enumerate(pos):
             gt = s.masks[c]()
-            plain = (logits_to_original(dense[k][None], state.prep)[0, 0] > 0).numpy()
+            plain = (logits_to_original(dense[k][None], state.prep)[0, 0] > 0).cpu().numpy()
             scores[c].append((dice(plain, gt), dice(model.refine(state, dense[k], c), gt)))
     model.no_refine = saved
     table = {

@@ -25,8 +25,8 @@ def save_head(head: ConceptHead, path: Path, extra: dict, more: dict | None = No
         The safetensors path.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().contiguous().float() for k, v in head.state_dict().items()}
-    state |= {k: v.detach().contiguous().float() for k, v in (more or {}).items()}
+    state = {k: v.detach().cpu().contiguous().float() for k, v in head.state_dict().items()}
+    state |= {k: v.detach().cpu().contiguous().float() for k, v in (more or {}).items()}
     tmp = path.with_suffix(".tmp")
     save_file(state, str(tmp), metadata={"format": "medsam3-compact-head-v2"})
     tmp.chmod(0o644)

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 import yaml
 from safetensors.torch import load_file
 
+from medsam3.models.build import resolve_device
 from medsam3.models.concept_head import ConceptHead, HeadConfig
 from medsam3.models.feature_cache import cache_dir
 from medsam3.models.litemedsam import LiteMedSAM
@@ -113,21 +114,25 @@ def _batch(data, idx, rng, easy, phrases: PhraseTable, cfg) -> list[tuple]:
 
 def _step(head: ConceptHead, data: dict, idx: list[int], rows: list, cfg: dict) -> torch.Tensor:
     """Loss of one batch: positives at full resolution, negatives on the cheap coarse map."""
-    feats = head.image_features(data["emb"][idx].float(), data["frame"][idx].float() / 255)
+    dev = next(head.parameters()).device
+    emb, frame = data["emb"][idx].to(dev).float(), data["frame"][idx].to(dev).float()
+    feats = head.image_features(emb, frame / 255)
     pos = [r for r in rows if r[2] is not None]
     neg = [r for r in rows if r[2] is None]
-    loss = torch.zeros(())
+    loss = torch.zeros((), device=dev)
     if pos:
-        index = torch.tensor([r[0] for r in pos])
-        presence, logits = head.decode(feats, torch.stack([r[1] for r in pos]), index)
-        target = torch.stack([r[2] for r in pos])[:, None]
+        index = torch.tensor([r[0] for r in pos], device=dev)
+        text = torch.stack([r[1] for r in pos]).to(dev)
+        presence, logits = head.decode(feats, text, index)
+        target = torch.stack([r[2] for r in pos]).to(dev)[:, None]
         bce = F.binary_cross_entropy_with_logits(logits, target)
         loss = loss + cfg["bce_weight"] * bce + _dice_loss(logits, target).mean()
         ones = torch.ones_like(presence)
         loss = loss + cfg["presence_weight"] * F.binary_cross_entropy_with_logits(presence, ones)
     if neg:
-        index = torch.tensor([r[0] for r in neg])
-        presence, coarse = head.decode(feats, torch.stack([r[1] for r in neg]), index, True)
+        index = torch.tensor([r[0] for r in neg], device=dev)
+        text = torch.stack([r[1] for r in neg]).to(dev)
+        presence, coarse = head.decode(feats, text, index, True)
         zeros = torch.zeros_like(presence)
         loss = loss + cfg["presence_weight"] * F.binary_cross_entropy_with_logits(presence, zeros)
         loss = loss + F.binary_cross_entropy_with_logits(coarse, torch.zeros_like(coarse))
@@ -156,12 +161,13 @@ def train(config: dict) -> Path:
     """
     torch.set_num_threads(config.get("threads", 2))
     torch.manual_seed(config.get("seed", 0))
-    sam = LiteMedSAM()
+    device = resolve_device("compact", config.get("device", "auto"))
+    sam = LiteMedSAM(device=device)  # encodes the views not yet cached
     data, val = training_views(config, "train", sam), training_views(config, "val", sam)
     data["by_view"] = _by_view(data["pos"])
     easy = safe_negatives(Path(config["data_root"]), seen={c for _, c, _ in data["pos"]})
     phrases = PhraseTable(config.get("raw_phrase_share", 0.0))
-    head = ConceptHead(HeadConfig(**config.get("head", {})))
+    head = ConceptHead(HeadConfig(**config.get("head", {}))).to(device)
     if config.get("init_from"):
         head.load_state_dict(load_file(config["init_from"]), strict=False)
     opt = torch.optim.AdamW(head.parameters(), lr=config["lr"], weight_decay=config["weight_decay"])
@@ -174,7 +180,8 @@ def train(config: dict) -> Path:
     )
     rng = random.Random(config.get("seed", 0) * 1000 + step)
     t0 = time.time()
-    print(f"training on {len(data['meta'])} views, {len(data['pos'])} positives", flush=True)
+    views, positives = len(data["meta"]), len(data["pos"])
+    print(f"training on {views} views, {positives} positives ({device})", flush=True)
     while step < config["steps"]:
         for group in opt.param_groups:
             group["lr"] = step_lr(config, step)

@@ -35,22 +35,25 @@ def presence_logits(head: ConceptHead, data: dict, phrases, easy: dict, seed: in
     was_training = head.training
     head.eval()
     rng = random.Random(seed)
+    dev = next(head.parameters()).device
     out = {"logit": [], "label": [], "modality": [], "kind": [], "dice": defaultdict(list)}
     for s in range(len(data["meta"])):
-        feats = head.image_features(data["emb"][s : s + 1].float(), data["frame"][s : s + 1] / 255)
+        emb, frame = data["emb"][s : s + 1].to(dev).float(), data["frame"][s : s + 1].to(dev)
+        feats = head.image_features(emb, frame / 255)
         pos = [p for p in data["pos"] if p[0] == s]
         hard = data["hard"][s]
         easy_names = easy_negatives(data["meta"][s], easy, rng, 2)
         if pos:
-            logits, masks = head.decode(feats, torch.stack([phrases.vector(p[1]) for p in pos]))
+            text = torch.stack([phrases.vector(p[1]) for p in pos]).to(dev)
+            logits, masks = head.decode(feats, text)
             for k, p in enumerate(pos):
-                pred, gt = masks[k, 0] > 0, p[2] > 127
+                pred, gt = masks[k, 0] > 0, p[2].to(dev) > 127
                 inter = 2 * (pred & gt).sum().item()
                 out["dice"][p[1]].append(inter / max(1, pred.sum().item() + gt.sum().item()))
             _extend(out, logits, 1, data["meta"][s][0], "pos")
         for kind, names in (("hard", hard), ("easy", easy_names)):
             if names:
-                text = torch.stack([phrases.vector(c) for c in names])
+                text = torch.stack([phrases.vector(c) for c in names]).to(dev)
                 logits, _ = head.decode(feats, text, None, True)
                 _extend(out, logits, 0, data["meta"][s][0], kind)
     head.train(was_training)
