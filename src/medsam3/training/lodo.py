@@ -51,7 +51,7 @@ def run_fold(
         target = out / fold / slug(dataset)
         if not (target / "summary.json").is_file():
             args = ["--data", base["data_root"], "--checkpoint", str(head), "--out", str(target)]
-            args += ["--max-items", str(max_items)]
+            args += ["--max-items", str(max_items), "--no-synonyms"]
             evaluate_main([*args, "--split", "all", "--datasets", dataset])
         summary = json.loads((target / "summary.json").read_text(encoding="utf-8"))["summary"]
         rows.append({"fold": fold, "dataset": dataset, **summary})
