@@ -78,6 +78,14 @@ def compact():
     return load_model(backend="compact")
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "known regression of head v3 (docs/model_card.md, Known limits): left/right "
+        "hippocampus presence 0.42 on MNI152 slices, below 0.5, so no mask to check the "
+        "side of"
+    ),
+)
 def test_left_hippocampus_of_a_ras_nifti_is_on_the_patients_left(compact, tmp_path):
     """nibabel writes MNI152 RAS: stored columns run to the patient's right, rows to anterior."""
     datasets = pytest.importorskip("nilearn.datasets")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import yaml
@@ -109,3 +110,19 @@ def test_learning_rate_warms_up_then_decays_to_zero():
     assert rates[0] == pytest.approx(1e-4) and rates[9] == pytest.approx(1e-3)
     assert all(a > b for a, b in zip(rates[10:], rates[11:], strict=False))
     assert rates[-1] < 0.01e-3
+
+
+def test_a_second_stage_config_takes_its_base_and_replaces_keys(tmp_path):
+    from medsam3.training.train import load_config
+
+    (tmp_path / "one.yaml").write_text("steps: 3000\nlr: 0.001\nseed: 0\n")
+    (tmp_path / "two.yaml").write_text("base: one.yaml\nlr: 0.0005\ninit_from: h.safetensors\n")
+    assert load_config(tmp_path / "two.yaml") == {
+        "steps": 3000,
+        "lr": 0.0005,
+        "seed": 0,
+        "init_from": "h.safetensors",
+    }
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    shipped = load_config(configs / "train_compact_stage2.yaml")
+    assert shipped["init_from"] == load_config(configs / "train_compact.yaml")["output"]

@@ -172,7 +172,7 @@ def test_phrases_that_share_a_slug_keep_their_own_labels_and_rows(hostile):
         assert row.presence == names[concept_slug(row.concept)]["presence"]
     assert sorted(rows["concept"]) == ["Lung", "lung!"]
     assert sorted(p.name for p in (out / "masks" / "collide").iterdir()) == sorted(
-        f"{n}.png" for n in names
+        f"{n}.{ext}" for n in names for ext in ("png", "nii.gz")
     )
 
 
@@ -364,7 +364,9 @@ def test_a_store_left_by_kill_9_during_ingest_is_removed_by_the_next_run(tmp_pat
         stderr=subprocess.DEVNULL,
     )
     deadline = time.time() + 600
-    while time.time() < deadline and not list((out / "zarr").glob(".v0.zarr.tmp-*/image")):
+    while time.time() < deadline and not list(
+        (out / "zarr").glob(".v0.zarr.tmp-*/0")
+    ):  # NGFF array
         time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()

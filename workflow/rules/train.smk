@@ -1,7 +1,26 @@
-rule train:
-    """Target: the compact concept head on ../shared/data, as shipped (resumable; not in `all`)."""
+rule train_stage1:
+    """The compact concept head's first stage on ../shared/data (resumable)."""
     input:
         config=workflow.source_path("../../configs/train_compact.yaml"),
+    output:
+        head=LAYOUT.trained_head("compact_head_stage1"),
+    log:
+        LAYOUT.log("train_stage1"),
+    conda:
+        "../../envs/medsam3.yaml"
+    threads: 2
+    resources:
+        mem_mb=16000,
+        runtime=240,
+    script:
+        "../scripts/train.py"
+
+
+rule train:
+    """Target: the compact concept head as shipped, stage 2 from stage 1 (not in `all`)."""
+    input:
+        config=workflow.source_path("../../configs/train_compact_stage2.yaml"),
+        init=rules.train_stage1.output.head,
     output:
         head=LAYOUT.trained_head("compact_head"),
     log:

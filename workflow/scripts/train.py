@@ -1,10 +1,9 @@
-import yaml
-
 from medsam3.logs import job_logging
-from medsam3.training.train import train
+from medsam3.training.train import load_config, train
 
 with job_logging(snakemake.log[0]):
-    with open(snakemake.input.config) as fh:
-        settings = yaml.safe_load(fh)
+    settings = load_config(snakemake.input.config)
     settings["output"] = snakemake.output.head
+    if "init" in snakemake.input.keys():
+        settings["init_from"] = snakemake.input.init
     train(settings)

@@ -226,8 +226,17 @@ def main(config_path: str) -> None:
     Args:
         config_path: path to a YAML file like configs/train_compact.yaml.
     """
-    config = yaml.safe_load(Path(config_path).read_text(encoding="utf-8"))
-    print(f"wrote {train(config)}")
+    print(f"wrote {train(load_config(config_path))}")
+
+
+def load_config(path: str | Path) -> dict:
+    """A training config; ``base: OTHER.yaml`` (beside this file) takes that file's keys and
+    replaces the given ones (a second stage names the first as its base)."""
+    config = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    if "base" in config:
+        base = load_config(Path(path).parent / config.pop("base"))
+        config = base | config
+    return config
 
 
 if __name__ == "__main__":
