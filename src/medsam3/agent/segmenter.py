@@ -169,6 +169,8 @@ def _apply(result: ConceptResult, outcome: Outcome, base: Segmenter, kind: str) 
     final = outcome.final
     result.extra.update(
         critic_score=round(final.score, 4),
+        critic_raw=round(outcome.initial.score, 4),
+        critic_raw_features={k: round(float(v), 4) for k, v in outcome.initial.features.items()},
         agent_rounds=outcome.rounds,
         review=outcome.review,
         agent_action=final.action,
@@ -178,6 +180,7 @@ def _apply(result: ConceptResult, outcome: Outcome, base: Segmenter, kind: str) 
     if not outcome.changed:
         return
     result.extra["agent_raw_mask"] = result.mask.astype(np.uint8)
+    result.extra["agent_raw_presence"] = float(result.presence)
     result.mask = final.mask.astype(np.uint8)
     result.presence = final.presence
     result.instances = _instances(final.mask, final.presence, base, kind)
