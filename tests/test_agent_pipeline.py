@@ -12,15 +12,16 @@ import medsam3
 from medsam3.agent.segmenter import AgentSegmenter
 from medsam3.io.zarr_store import list_labels, read_label
 from medsam3.models.base import ConceptResult
-from medsam3.pipeline.cohort import Study
+from medsam3.pipeline.aggregate import studies_rows
+from medsam3.pipeline.cohort import Study, load_cohort
 from medsam3.pipeline.infer import RAW_SUFFIX, _store_result, segment_study
 from medsam3.pipeline.ingest import ingest_study
 from medsam3.pipeline.layout import Layout
 from medsam3.pipeline.segment_file import segment_file
 from medsam3.pipeline.settings import IngestSettings, ModelSettings, SegmentSettings
 from medsam3.reports.html import write_html_report
-from medsam3.reports.schemas import AGENT_TRACE_SCHEMA, SEGMENTS_SCHEMA
-from medsam3.reports.tables import aggregate_parts
+from medsam3.reports.schemas import AGENT_TRACE_SCHEMA, SEGMENTS_SCHEMA, STUDIES_SCHEMA
+from medsam3.reports.tables import aggregate_parts, write_parquet_atomic
 
 CONCEPTS = ("liver", "liver tumor")
 AGENT = {"mode": "rules", "max_rounds": 1, "accept": 0.99}
@@ -115,3 +116,26 @@ def test_medsam3_segment_summary_carries_the_critic(agent, slice_png, tmp_path):
         entry = summary["concepts"][phrase]
         assert 0 <= entry["critic_score"] <= 1 and isinstance(entry["review"], bool)
         assert entry["agent_trace"][-1]["action"] == "stop"
+
+
+def test_a_cohort_question_is_planned_segmented_and_answered(agent, slice_png, tmp_path):
+    table = tmp_path / "cohort.csv"
+    table.write_text(
+        "path,study_id,modality,concepts,question\n"
+        f"{slice_png},asked,ct,,is there a liver tumour?\n",
+        encoding="utf-8",
+    )
+    (study,) = load_cohort(table)
+    assert study.concepts == ("liver tumor",) and study.question == "is there a liver tumour?"
+    out = tmp_path / "out"
+    ingest = ingest_study(study, IngestSettings(str(out), False))
+    record = segment_study(study, agent.base, _settings(out, None))
+    assert record.question == study.question
+    assert record.answer.startswith(("yes: liver tumor found", "no: liver tumor not found"))
+    layout = Layout(out)
+    layout.reports.mkdir(parents=True)
+    rows = studies_rows([ingest], [record])
+    write_parquet_atomic(rows, layout.table("studies"), STUDIES_SCHEMA)
+    assert rows[0]["answer"] == record.answer
+    html = write_html_report(layout.reports, layout.html_report()).read_text(encoding="utf-8")
+    assert "<h2>Questions</h2>" in html and "is there a liver tumour?" in html

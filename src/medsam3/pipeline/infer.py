@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from medsam3.agent.config import AgentConfig
+from medsam3.agent.questions import answer_question, plan_question
 from medsam3.agent.segmenter import wrap
 from medsam3.io.common import EnvironmentFailure, concept_slug, environment_cause
 from medsam3.io.dicom import misses_slices
@@ -204,6 +205,10 @@ def segment_study(study: Study, model: Segmenter, settings: SegmentSettings) -> 
     else:  # a trace of an earlier run with the agent on no longer describes these labels
         layout.agent_trace_part(study.study_id).unlink(missing_ok=True)
     record.concepts, record.computed = concepts, todo
+    if study.question:
+        record.question = study.question
+        by_concept = {r["concept"]: r for r in rows if r["level"] == "concept"}
+        record.answer = answer_question(plan_question(study.question), by_concept)
     record.export_errors = [_hide(study, settings, e) for e in errors]
     return record
 

@@ -206,6 +206,16 @@ def _concepts_html(reports_dir: Path, threshold: float) -> str:
     return _table("Concepts", header, rows)
 
 
+def _questions_html(reports_dir: Path) -> str:
+    """The cohort's clinical questions and their answers (empty when no row asked one)."""
+    df = read_table(reports_dir, "studies", ["study_id", "question", "answer"])
+    if df is None or "question" not in df or df["question"].isna().all():
+        return ""
+    asked = df.dropna(subset=["question"])
+    rows = [[r.study_id, r.question, r.answer or "-"] for r in asked.itertuples()]
+    return _table("Questions", ["study", "question", "answer"], rows)
+
+
 def _review_html(reports_dir: Path) -> str:
     """Results the agent flagged for review (critic score below its accept threshold).
 
@@ -313,6 +323,7 @@ def write_html_report(
         _studies_html(reports_dir, run),
         _concepts_html(reports_dir, run.presence_threshold),
         _review_html(reports_dir),
+        _questions_html(reports_dir),
     ]
     for name, fig in report_figures(reports_dir, overlays).items():
         data = base64.b64encode(png_bytes(fig)).decode("ascii")

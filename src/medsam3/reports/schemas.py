@@ -53,6 +53,12 @@ STUDIES_SCHEMA = pa.schema(
             "ingest warnings: missing slices, ignored files, irregular spacing, guessed "
             "modality, ... (source paths hidden)",
         ),
+        _f("question", _STR, "the cohort row's clinical question, else null"),
+        _f(
+            "answer",
+            _STR,
+            "the question's answer from the segmented concepts (presence, or size with its unit)",
+        ),
     ]
 )
 

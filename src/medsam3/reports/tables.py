@@ -55,8 +55,8 @@ def study_row(
         error: error message (UIDs and dates are scrubbed here) or None.
         image: the ingested image's description, or None when ingest failed.
         modality: what segmentation settled (keys modality, modality_source,
-            modality_predicted, modality_confidence), or None before segmentation (the
-            image's modality and source are used).
+            modality_predicted, modality_confidence; question and answer when the row asked
+            one), or None before segmentation (the image's modality and source are used).
 
     Returns:
         dict matching ``STUDIES_SCHEMA``.
@@ -80,8 +80,10 @@ def study_row(
             source_digest=image.source_digest,
             warnings=[scrub_identifiers(w, 500) for w in image.warnings],
         )
-    if modality and modality.get("modality_source"):
-        row.update(modality)
+    settled = dict(modality or {})
+    row.update(question=settled.pop("question", None), answer=settled.pop("answer", None))
+    if settled.get("modality_source"):
+        row.update(settled)
     return row
 
 
