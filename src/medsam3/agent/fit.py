@@ -86,6 +86,7 @@ def score_sample(model: AgentSegmenter, sample: Sample, negatives: list[str]) ->
                 "action": r.extra["agent_action"],
                 "encodings": r.extra["agent_encodings"],
                 "seconds": seconds if not rows else 0.0,
+                "agent_seconds": r.extra.get("agent_seconds", 0.0),
                 **{f"f_{k}": v for k, v in r.extra["critic_raw_features"].items()},
             }
         )

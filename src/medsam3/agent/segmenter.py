@@ -4,14 +4,16 @@ The base segmenter runs first, unchanged. Then, per concept, the critic scores i
 the loop tries the planner's fixes (or those an MLLM picks). On 2D images of the compact
 backend the fixes reuse the image encodings of the base call (kept for the call's duration),
 so only crop-and-zoom encodes again. Each result's ``extra`` gains ``critic_score``,
-``agent_rounds``, ``review``, ``agent_action`` (what made the final mask), ``agent_encodings``
-and ``agent_trace``; when the agent changed a mask, ``extra["agent_raw_mask"]`` holds the
-backend's own (uint8 array, popped by the pipeline into a ``<concept>__raw`` label).
+``agent_rounds``, ``review``, ``agent_action`` (what made the final mask), ``agent_encodings``,
+``agent_seconds`` and ``agent_trace``; when the agent changed a mask,
+``extra["agent_raw_mask"]`` holds the backend's own (uint8 array, popped by the pipeline into a
+``<concept>__raw`` label).
 """
 
 from __future__ import annotations
 
 import hashlib
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -119,8 +121,10 @@ class AgentSegmenter(Segmenter):
             if phrase in prompted:
                 continue
             others = {p: m for p, m in masks.items() if p != phrase}
+            start = time.perf_counter()
             outcome = self._improve(phrase, result, np.asarray(array), others, call)
             _apply(result, outcome, self.base, call["kind"])
+            result.extra["agent_seconds"] = round(time.perf_counter() - start, 3)
             masks[phrase] = outcome.final.mask
 
     def _improve(self, phrase, result: ConceptResult, array, others: dict, call: dict) -> Outcome:
