@@ -32,6 +32,14 @@ from medsam3.models.litemedsam import logits_to_original
 THRESHOLD_STEP = 1.5  # logit change of relax / tighten
 CROP_MARGIN = 0.5  # crop-and-zoom: box grown by this share of its size on each side
 MIN_CROP = 64  # pixels: smallest crop side
+REASONS = {
+    "drop": "specks, wrong side or outside the container",
+    "box:peak": "localise at the dense map's peak",
+    "box:parent": "localise in the parent / container",
+    "box:prior": "localise at the prior location",
+    "relax": "mask empty or off the prior size",
+    "tighten": "mask large or ragged",
+}
 
 
 @dataclass
@@ -263,35 +271,25 @@ def plane_actions(ctx: PlaneContext, current: Candidate, budget: int) -> list[Ac
         Actions to try this round.
     """
     f, empty = current.features, not current.mask.any()
-    acts = [
-        Action(
-            "drop",
-            "implausible components",
-            lambda: drop_implausible(ctx.phrase, current, ctx.others),
-        )
-    ]
-    if empty or f.get("share_out", 0) > 0 or f.get("decoder_iou", 1) < 0.5:
-        acts.append(
-            Action("box:peak", "localise at the dense peak", lambda: localise(ctx, "peak", current))
-        )
-        acts.append(
-            Action("box:parent", "localise in the parent", lambda: localise(ctx, "parent", current))
-        )
-        acts.append(
-            Action("box:prior", "localise at the prior", lambda: localise(ctx, "prior", current))
-        )
-    if empty or f.get("share_out", 0) > 0:
-        acts.append(
-            Action(
-                "relax", "mask empty or small", lambda: rethreshold(ctx, -THRESHOLD_STEP, current)
-            )
-        )
-    if not empty:
-        acts.append(
-            Action(
-                "tighten", "mask large or ragged", lambda: rethreshold(ctx, THRESHOLD_STEP, current)
-            )
-        )
+    off_shape = empty or f.get("share_out", 0) > 0
+    misplaced = off_shape or f.get("decoder_iou", 1) < 0.5
+    runs = {
+        "drop": lambda: drop_implausible(ctx.phrase, current, ctx.others),
+        "box:peak": lambda: localise(ctx, "peak", current),
+        "box:parent": lambda: localise(ctx, "parent", current),
+        "box:prior": lambda: localise(ctx, "prior", current),
+        "relax": lambda: rethreshold(ctx, -THRESHOLD_STEP, current),
+        "tighten": lambda: rethreshold(ctx, THRESHOLD_STEP, current),
+    }
+    wanted = {
+        "drop": True,
+        "box:peak": misplaced,
+        "box:parent": misplaced,
+        "box:prior": misplaced,
+        "relax": off_shape,
+        "tighten": not empty,
+    }
+    acts = [Action(name, REASONS[name], run) for name, run in runs.items() if wanted[name]]
     for alt in alternative_phrases(ctx.phrase):
         acts.append(
             Action(f"reprompt:{alt}", "synonym / parent", lambda a=alt: reprompt(ctx, a, current))
@@ -320,9 +318,7 @@ def stack_actions(
     Returns:
         Actions to try this round.
     """
-    acts = [
-        Action("drop", "implausible components", lambda: drop_implausible(phrase, current, others))
-    ]
+    acts = [Action("drop", REASONS["drop"], lambda: drop_implausible(phrase, current, others))]
     if budget >= 1:
         for alt in alternative_phrases(phrase)[:1]:
             acts.append(
