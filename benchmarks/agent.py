@@ -57,6 +57,26 @@ def auroc(score: np.ndarray, label: np.ndarray) -> float:
     return float(greater / (len(pos) * len(neg)))
 
 
+def cross_fitted_auroc(rows: list[dict], folds: int = 2) -> float:
+    """AUROC for a wrong result of critics refitted with images split into folds (each fold
+    scored by the critic fitted on the others): the shipped critic was fitted on val too."""
+    from medsam3.agent.critic import FEATURES, fit_coefficients
+
+    items = sorted({r["item"] for r in rows})
+    fold_of = {item: i % folds for i, item in enumerate(items)}
+    scores, labels = [], []
+    for k in range(folds):
+        train = [r for r in rows if fold_of[r["item"]] != k]
+        test = [r for r in rows if fold_of[r["item"]] == k]
+        data = [{**{f: r[f"f_{f}"] for f in FEATURES}, "label": int(_right(r))} for r in train]
+        coef, bias = fit_coefficients(data)
+        for r in test:
+            z = bias + sum(c * r[f"f_{f}"] for c, f in zip(coef, FEATURES, strict=True))
+            scores.append(-z)
+            labels.append(not _right(r))
+    return auroc(np.array(scores), np.array(labels))
+
+
 def summarise(rows: list[dict]) -> dict:
     """The benchmark's numbers from :func:`medsam3.agent.fit.score_split` rows."""
     ann = [r for r in rows if r["annotated"]]
@@ -85,6 +105,7 @@ def summarise(rows: list[dict]) -> dict:
         "mcc_rules": round(mcc(np.array([r["present_rules"] for r in rows]), truth), 4),
         "critic_auroc_dice_below_0.5": round(auroc(1 - critic, off < 0.5), 4),
         "critic_auroc_wrong": round(auroc(1 - all_critic, wrong), 4),
+        "critic_auroc_wrong_2fold": round(cross_fitted_auroc(rows), 4),
         "replaced_share": round(float(np.mean([r["action"] != "model" for r in rows])), 4),
         "review_share": round(float(np.mean([r["review"] for r in rows])), 4),
         "extra_encodings_per_image": round(sum(r["encodings"] for r in rows) / len(images), 3),
@@ -116,6 +137,8 @@ def markdown(summary: dict) -> str:
         f"{summary['review_share']} |",
         f"| critic AUROC, Dice < 0.5 / wrong result | {summary['critic_auroc_dice_below_0.5']} / "
         f"{summary['critic_auroc_wrong']} | |",
+        f"| critic AUROC, wrong result, refitted 2-fold by image | "
+        f"{summary['critic_auroc_wrong_2fold']} | |",
         "",
         "| concept | pairs | Dice delta |",
         "|---|---|---|",
@@ -139,14 +162,22 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--hard", type=int, default=1, help="negatives per image")
     parser.add_argument("--max-rounds", type=int, default=2)
     parser.add_argument("--accept", type=float, default=0.7)
+    parser.add_argument("--checkpoint", default=None, help="compact head (default: shipped)")
     parser.add_argument("--out", type=Path, default=None, help="write rows + summary as JSON")
+    parser.add_argument("--summarise", type=Path, default=None, help="re-summarise an --out file")
     args = parser.parse_args(argv)
+    if args.summarise:
+        saved = json.loads(args.summarise.read_text())
+        print(markdown(summarise(saved["rows"]) | {"config": saved["summary"]["config"]}))
+        return
     start = time.time()
     config = {"mode": "rules", "max_rounds": args.max_rounds, "accept": args.accept}
-    model = wrap(load_model("compact", device="cpu"), config)
+    base = load_model("compact", checkpoint=args.checkpoint, device="cpu")
+    model = wrap(base, config)
     samples = val_samples(args.data, args.split, args.per_dataset, args.limit)
     rows = score_split(model, samples, args.data, args.hard)
     summary = summarise(rows) | {"config": config, "wall_s": round(time.time() - start, 1)}
+    summary["head_sha256"] = base.checkpoint_digest
     print(markdown(summary))
     if args.out:
         args.out.write_text(json.dumps({"summary": summary, "rows": rows}, indent=1, default=str))

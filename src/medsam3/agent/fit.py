@@ -124,15 +124,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--per-dataset", type=int, default=4)
     parser.add_argument("--hard", type=int, default=1, help="negatives per image")
     parser.add_argument("--limit", type=int, default=None)
+    parser.add_argument("--checkpoint", default=None, help="compact head (default: shipped)")
     default_out = Path(str(resources.files("medsam3").joinpath(PRIORS_FILE)))
     parser.add_argument("--out", type=Path, default=default_out)
     args = parser.parse_args(argv)
-    model = wrap(load_model("compact"), {"mode": "rules", "max_rounds": 0})
+    base = load_model("compact", checkpoint=args.checkpoint, device="cpu")
+    model = wrap(base, {"mode": "rules", "max_rounds": 0})
     samples = val_samples(args.data, args.split, args.per_dataset, args.limit)
     rows = score_split(model, samples, args.data, args.hard)
     source = (
         f"{args.split} split, {len(samples)} images ({args.per_dataset} per dataset, seed 0), "
-        f"{len(rows)} pairs with {args.hard} hard negative(s) per image"
+        f"{len(rows)} pairs with {args.hard} hard negative(s) per image; compact head sha256 "
+        f"{base.checkpoint_digest[:12]}"
     )
     priors = fit_critic(rows, source)
     print(f"wrote {write_priors(priors, args.out)}: {priors.coef}")
