@@ -8,7 +8,10 @@ from PIL import Image
 
 from medsam3.agent.config import AgentConfig
 from medsam3.agent.critic import (
+    DEFAULT_COEF,
+    DEFAULT_INTERCEPT,
     FEATURES,
+    SIGNS,
     container_of,
     continuity,
     critic_score,
@@ -79,7 +82,8 @@ def test_containment_of_a_tumour_in_its_organ(liver):
     assert (inside, outside, unknown) == (1.0, 0.0, 0.5)
 
 
-def test_the_critic_prefers_the_real_mask_to_implausible_ones(jsrt):
+def _implausible(jsrt) -> tuple[dict, list[dict]]:
+    """Features of the real left lung mask and of four implausible ones."""
     real = features("left lung", jsrt["left lung"], 0.9, {"lung": jsrt["lung"]})
     wrong_side = features("left lung", jsrt["right lung"], 0.9, {"lung": jsrt["lung"]})
     everything = features("left lung", np.ones_like(jsrt["lung"]), 0.9)
@@ -87,12 +91,25 @@ def test_the_critic_prefers_the_real_mask_to_implausible_ones(jsrt):
     speckle[::9, ::9] = True
     specks = features("left lung", speckle, 0.9)
     empty = features("left lung", np.zeros_like(jsrt["lung"]), 0.9)
-    assert real["share_out"] == 0 and real["relation"] == 1.0
+    assert real["share_out"] == 0 and real["relation"] == 1.0 and wrong_side["relation"] == 0.0
     assert everything["share_out"] > 0 and specks["components_excess"] > 0
-    score = critic_score(real)
-    for other in (wrong_side, everything, specks, empty):
-        assert critic_score(other) < score
-    assert 0.0 <= min(critic_score(f) for f in (real, empty)) <= 1.0
+    return real, [wrong_side, everything, specks, empty]
+
+
+def test_the_critic_prefers_the_real_mask_to_implausible_ones(jsrt):
+    real, others = _implausible(jsrt)
+    unfitted = Priors(load_priors().concepts, FEATURES, DEFAULT_COEF, DEFAULT_INTERCEPT)
+    score = critic_score(real, unfitted)
+    assert 0.0 < score < 1.0
+    for other in others:
+        assert critic_score(other, unfitted) < score
+
+
+def test_the_shipped_critic_keeps_each_feature_to_its_direction(jsrt):
+    priors = load_priors()
+    assert all(SIGNS[f] * c >= 0 for f, c in zip(priors.features, priors.coef, strict=True))
+    real, others = _implausible(jsrt)
+    assert all(critic_score(other) <= critic_score(real) for other in others)
 
 
 def test_an_empty_mask_is_right_when_the_model_says_absent(jsrt):
@@ -121,6 +138,10 @@ def test_fit_coefficients_learns_the_signal():
         rows.append(row)
     coef, _ = fit_coefficients(rows)
     assert coef[FEATURES.index("presence_agree")] > 2 * max(abs(c) for c in coef[1:])
+    assert all(SIGNS[f] * c >= 0 for f, c in zip(FEATURES, coef, strict=True))
+    flipped = [{**r, "relation": 1.0 - r["presence_agree"]} for r in rows]
+    coef, _ = fit_coefficients(flipped)  # relation would get a negative weight: held at 0
+    assert coef[FEATURES.index("relation")] == 0.0
 
 
 def test_agent_config_values():

@@ -150,3 +150,20 @@ def test_volumes_use_the_stack_actions(agent, shared_data):
     assert actions <= {"drop", "reprompt:glioma", "stop"} | {
         a for a in actions if a.startswith("reprompt:")
     }
+
+
+def test_only_crop_and_zoom_encodes_again(agent, ct_slice, monkeypatch):
+    calls = []
+    encode = agent.base.sam.encode
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return encode(*args, **kwargs)
+
+    monkeypatch.setattr(agent.base.sam, "encode", counted)
+    agent.base.segment(ct_slice, CONCEPTS, modality="ct")
+    off = len(calls)
+    calls.clear()
+    results = agent.segment(ct_slice, CONCEPTS, modality="ct")
+    extra = sum(r.extra["agent_encodings"] for r in results.values())
+    assert len(calls) == off + extra

@@ -234,20 +234,46 @@ def critic_score(values: dict[str, float], priors: Priors | None = None) -> floa
     return 1.0 / (1.0 + math.exp(-max(-30.0, min(30.0, z))))
 
 
-def fit_coefficients(rows: list[dict], l2: float = 1.0, steps: int = 200) -> tuple[list, float]:
-    """Fit the critic's logistic regression (Newton steps, L2 on the weights).
+# The direction each feature may push the score (0: free). A fitted weight against its
+# direction (a wrong-side mask scoring higher, say) would teach the loop to make things worse;
+# such a weight is fixed at 0 and the others refitted.
+SIGNS = {
+    "presence_agree": 1,
+    "empty": 0,
+    "share_out": -1,
+    "components_excess": -1,
+    "decoder_iou": 1,
+    "synonym_iou": 1,
+    "relation": 1,
+    "continuity": 1,
+}
+
+
+def fit_coefficients(rows: list[dict], l2: float = 1.0) -> tuple[list, float]:
+    """Fit the critic's logistic regression: L2 on the weights, each weight kept to its sign.
 
     Args:
-        rows: dicts with every FEATURES key and ``label`` (1: Dice >= 0.5).
+        rows: dicts with every FEATURES key and ``label`` (1: the result is right).
         l2: ridge strength.
-        steps: Newton iterations.
 
     Returns:
         (one coefficient per FEATURES entry, intercept).
     """
     x = np.array([[r[f] for f in FEATURES] for r in rows], float)
     y = np.array([r["label"] for r in rows], float)
-    x = np.hstack([x, np.ones((len(x), 1))])
+    free = np.ones(len(FEATURES), bool)
+    while True:
+        w = _newton(np.hstack([x[:, free], np.ones((len(x), 1))]), y, l2)
+        coef = np.zeros(len(FEATURES))
+        coef[free] = w[:-1]
+        wrong = np.array([SIGNS[f] * c < 0 for f, c in zip(FEATURES, coef, strict=True)])
+        if not wrong.any():
+            return [round(float(v), 4) for v in coef], round(float(w[-1]), 4)
+        free &= ~wrong
+
+
+def _newton(x: np.ndarray, y: np.ndarray, l2: float, steps: int = 200) -> np.ndarray:
+    """Ridge logistic regression by Newton steps; the last column is the unpenalised bias."""
     w = np.zeros(x.shape[1])
     ridge = np.eye(x.shape[1]) * l2
     ridge[-1, -1] = 0.0
@@ -259,4 +285,4 @@ def fit_coefficients(rows: list[dict], l2: float = 1.0, steps: int = 200) -> tup
         w -= step
         if np.abs(step).max() < 1e-8:
             break
-    return [round(float(v), 4) for v in w[:-1]], round(float(w[-1]), 4)
+    return w

@@ -13,6 +13,7 @@ coefficients into ``medsam3/data/agent_priors.json``.
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from importlib import resources
 from pathlib import Path
@@ -125,9 +126,24 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--hard", type=int, default=1, help="negatives per image")
     parser.add_argument("--limit", type=int, default=None)
     parser.add_argument("--checkpoint", default=None, help="compact head (default: shipped)")
+    parser.add_argument("--rows", type=Path, default=None, help="save the scored rows (JSON)")
+    parser.add_argument("--from-rows", type=Path, default=None, help="refit from saved rows")
     default_out = Path(str(resources.files("medsam3").joinpath(PRIORS_FILE)))
     parser.add_argument("--out", type=Path, default=default_out)
     args = parser.parse_args(argv)
+    if args.from_rows:
+        saved = json.loads(args.from_rows.read_text(encoding="utf-8"))
+        rows, source = saved["rows"], saved["source"]
+    else:
+        rows, source = _score(args)
+    if args.rows:
+        args.rows.write_text(json.dumps({"rows": rows, "source": source}), encoding="utf-8")
+    priors = fit_critic(rows, source)
+    print(f"wrote {write_priors(priors, args.out)}: {priors.coef}")
+
+
+def _score(args: argparse.Namespace) -> tuple[list[dict], str]:
+    """Score the split with the agent's critic inputs; rows and a sentence naming them."""
     base = load_model("compact", checkpoint=args.checkpoint, device="cpu")
     model = wrap(base, {"mode": "rules", "max_rounds": 0})
     samples = val_samples(args.data, args.split, args.per_dataset, args.limit)
@@ -137,8 +153,7 @@ def main(argv: list[str] | None = None) -> None:
         f"{len(rows)} pairs with {args.hard} hard negative(s) per image; compact head sha256 "
         f"{base.checkpoint_digest[:12]}"
     )
-    priors = fit_critic(rows, source)
-    print(f"wrote {write_priors(priors, args.out)}: {priors.coef}")
+    return rows, source
 
 
 if __name__ == "__main__":
