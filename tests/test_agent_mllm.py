@@ -18,10 +18,21 @@ import pytest
 from PIL import Image
 
 from medsam3.agent.config import AgentConfig
-from medsam3.agent.critic import critic_score, features
+from medsam3.agent.critic import (
+    DEFAULT_COEF,
+    DEFAULT_INTERCEPT,
+    FEATURES,
+    critic_score,
+    features,
+)
 from medsam3.agent.loop import run_loop
 from medsam3.agent.mllm import MllmChooser, MllmError, check_endpoint, parse_tool_calls
 from medsam3.agent.planner import Action, Candidate, drop_implausible
+from medsam3.agent.priors import Priors, load_priors
+
+# The critic with its built-in coefficients (fixed here; the shipped ones are refitted with
+# each head): a wrong-side blob costs through relation and components.
+CRITIC = Priors(load_priors().concepts, FEATURES, DEFAULT_COEF, DEFAULT_INTERCEPT)
 
 
 def tool_reply(*names: str) -> dict:
@@ -93,8 +104,8 @@ def run(config: AgentConfig, image, mask):
     chooser = MllmChooser(config)
 
     def judge(c: Candidate) -> None:
-        c.features = features("left lung", c.mask, c.presence)
-        c.score = critic_score(c.features)
+        c.features = features("left lung", c.mask, c.presence, priors=CRITIC)
+        c.score = critic_score(c.features, CRITIC)
 
     def propose(current, rnd, budget):
         return [
