@@ -15,7 +15,16 @@ SRC = REPO / "src"
 
 # A module may import modules of its own layer or of a lower rank; layers of equal rank
 # (reports, training) do not import each other.
-RANKS = {"base": 0, "io": 1, "models": 2, "reports": 3, "training": 3, "pipeline": 4, "top": 5}
+RANKS = {
+    "base": 0,
+    "io": 1,
+    "models": 2,
+    "reports": 3,
+    "training": 3,
+    "agent": 4,
+    "pipeline": 5,
+    "top": 6,
+}
 BASE = {"medsam3._version", "medsam3.types", "medsam3.logs"}
 TOP = {"medsam3", "medsam3.cli"}
 
@@ -23,6 +32,7 @@ TOP = {"medsam3", "medsam3.cli"}
 LAZY_INTERNAL_IMPORTS = {
     "medsam3.cli": "each subcommand imports its own module: --help in 0.2 s instead of 2.7 s",
     "medsam3.models.build": "backends import torch (7 s) when one is built, not on import",
+    "medsam3": "the agent's segmenter imports torch: only when load_model(agent=...) asks",
 }
 
 
@@ -177,3 +187,4 @@ def test_the_checker_sees_circles_and_upward_arrows(tmp_path):
     loop = [Edge("a", "b", 1, True, False), Edge("b", "c", 1, True, False)]
     assert _cycles(loop) == [] and _cycles([*loop, Edge("c", "a", 1, True, False)])
     assert layer_of("medsam3.pipeline.layout") == "pipeline" and layer_of("medsam3") == "top"
+    assert RANKS["models"] < RANKS["agent"] < RANKS["pipeline"]

@@ -27,7 +27,8 @@ def _cmd_segment(args: argparse.Namespace) -> int:
 
     # Everything the user gave is checked before the model loads (15 s on a CPU).
     image, phrases, modality = check_request(args.input, args.prompt, args.output, args.modality)
-    from medsam3.models.build import load_model, resolve_device
+    from medsam3 import load_model
+    from medsam3.models.build import resolve_device
     from medsam3.pipeline.segment_file import segment_file
 
     device = resolve_device(args.backend, args.device)
@@ -36,7 +37,10 @@ def _cmd_segment(args: argparse.Namespace) -> int:
         if args.backend != "sam3":
             raise ValueError("--lora adapts SAM 3 weights; use it with --backend sam3")
         options = {"lora": args.lora, "lora_alpha": args.lora_alpha}
-    model = load_model(args.backend, checkpoint=args.checkpoint, device=device, **options)
+    agent = None if args.agent == "off" else {"mode": args.agent, "endpoint": args.agent_endpoint}
+    model = load_model(
+        args.backend, checkpoint=args.checkpoint, device=device, agent=agent, **options
+    )
     summary = segment_file(
         args.input, phrases, args.output, model, modality, multilabel=args.ml, image=image
     )
@@ -60,9 +64,12 @@ def _summary_lines(summary: dict, output: str) -> list[str]:
             size = f"{c['voxels']} {'pixels' if summary['input_kind'] != 'volume' else 'voxels'}"
             size += " (no physical spacing)" if summary["spacing_unit"] == "pixel" else ""
         files = ", ".join(c["files"])
+        critic = ""
+        if "critic_score" in c:
+            critic = f", critic {c['critic_score']:.2f}" + (" (review)" if c["review"] else "")
         lines.append(
             f"{phrase}: presence {c['presence']:.2f}, {c['n_instances']} instance(s), {size}"
-            f" -> {files}"
+            f"{critic} -> {files}"
         )
     lines.append(f"summary: {Path(output) / 'summary.json'}")
     return lines
@@ -161,6 +168,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--ml",
         action="store_true",
         help="also write one multi-label NIfTI (segmentations.nii.gz + segmentations.json)",
+    )
+    p.add_argument(
+        "--agent",
+        default="off",
+        choices=["off", "rules", "mllm"],
+        help="check and improve each result: rules (offline critic + planner) or mllm (an "
+        "OpenAI-compatible endpoint picks the fixes); see docs/agent.md",
+    )
+    p.add_argument(
+        "--agent-endpoint",
+        default="http://127.0.0.1:8000/v1",
+        help="--agent mllm: the endpoint (loopback only)",
     )
     out = p.add_mutually_exclusive_group()
     out.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")

@@ -9,6 +9,7 @@ rule report:
         metrics=LAYOUT.table("metrics"),
         failures=LAYOUT.table("failures"),
         provenance=LAYOUT.table("provenance"),
+        agent_trace=LAYOUT.table("agent_trace"),
         html=report(
             LAYOUT.html_report(),
             caption="../report/report.rst",

@@ -130,7 +130,12 @@ def segment_in_display_order(
 
 
 def _to_stored(result: ConceptResult, order: DisplayOrder) -> None:
-    """Map a volume's ConceptResult (union and instances) back to the stored order, in place."""
+    """Map a volume's ConceptResult (union, instances and any mask-shaped array in ``extra``,
+    such as a wrapper's raw mask) back to the stored order, in place."""
+    shape = result.mask.shape
+    for key, value in result.extra.items():
+        if isinstance(value, np.ndarray) and value.shape == shape:
+            result.extra[key] = order.to_stored(value)
     result.mask = order.to_stored(result.mask)
     for inst in result.instances:
         inst.mask = order.to_stored(inst.mask)

@@ -1,7 +1,8 @@
 """The report job: combine per-study parts and statuses into the Parquet reports and HTML.
 
 Tables in the reports folder (``Layout.reports``): studies, segments, metrics (with a
-ground-truth table), failures, provenance, plus ``report.html``. Parts are streamed with pyarrow
+ground-truth table), failures, provenance, agent_trace (empty when the agent is off), plus
+``report.html``. Parts are streamed with pyarrow
 datasets and metrics are computed in parallel on a Dask cluster (LocalCluster, or SLURM via
 dask-jobqueue), so a 100k-study cohort never sits in one pandas frame.
 """
@@ -34,6 +35,7 @@ from medsam3.reports.html import (
 from medsam3.reports.metrics import load_ground_truth, read_truth_mask, segmentation_metrics
 from medsam3.reports.provenance import iso_time
 from medsam3.reports.schemas import (
+    AGENT_TRACE_SCHEMA,
     FAILURES_SCHEMA,
     METRICS_SCHEMA,
     PROVENANCE_SCHEMA,
@@ -79,6 +81,7 @@ def _modality(record: StudyStatus | None) -> dict | None:
     if record is None:
         return None
     keys = ("modality", "modality_source", "modality_predicted", "modality_confidence")
+    keys += ("question", "answer")
     return {k: getattr(record, k) for k in keys}
 
 
@@ -237,6 +240,9 @@ def write_reports(
     write_parquet_atomic(studies_rows(ingest, segment), layout.table("studies"), STUDIES_SCHEMA)
     seg_parts = [layout.segments_part(r.study_id) for r in segment if r.status == "ok"]
     aggregate_parts(seg_parts, layout.table("segments"), SEGMENTS_SCHEMA)
+    trace_parts = [layout.agent_trace_part(r.study_id) for r in segment if r.status == "ok"]
+    trace_parts = [p for p in trace_parts if p.is_file()]  # written only with the agent on
+    aggregate_parts(trace_parts, layout.table("agent_trace"), AGENT_TRACE_SCHEMA)
     prov_parts = layout.provenance_parts()
     aggregate_parts(prov_parts, layout.table("provenance"), PROVENANCE_SCHEMA)
     metrics, metric_failures = _metrics(settings) if settings.ground_truth else ([], [])

@@ -20,6 +20,8 @@ from typing import Any
 
 import pandas as pd
 
+from medsam3.agent.questions import plan_question
+
 DEFAULT_SALT = "medsam3"
 
 
@@ -42,7 +44,7 @@ def derive_study_id(key: str, salt: str = DEFAULT_SALT, prefix: str = "s") -> st
 
 
 STUDY_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-COHORT_COLUMNS = ("path", "study_id", "modality", "concepts")
+COHORT_COLUMNS = ("path", "study_id", "modality", "concepts", "question")
 
 
 class CohortError(ValueError):
@@ -61,6 +63,9 @@ class Study:
         row: the row's index among the table's data rows (0: the first row after the header).
         source_key: salted digest of the row's path, modality and study_id cells: which row
             this is, without naming its path (see :class:`StudyRef`).
+        question: a clinical question ("is there a polyp?"); its concepts
+            (:func:`medsam3.agent.questions.plan_question`) are added to ``concepts`` and its
+            answer goes into the studies table.
     """
 
     study_id: str
@@ -69,6 +74,7 @@ class Study:
     concepts: tuple[str, ...]
     row: int = 0
     source_key: str = ""
+    question: str = ""
 
     def ref(self) -> StudyRef:
         """What crosses the Snakemake boundary for this study: no path, see StudyRef."""
@@ -324,7 +330,10 @@ def _study_from_row(row: dict, index: int, table: str | Path, base: Path, salt: 
     key = hashlib.sha256(f"{salt}\x00{cells}".encode()).hexdigest()[:16]
     modality = (row.get("modality") or "").lower() or None
     concepts = split_concepts(row.get("concepts"))
-    return Study(study_id, str(source), modality, concepts, row=index, source_key=key)
+    question = str(row.get("question") or "").strip()
+    if question:
+        concepts = tuple(dict.fromkeys(concepts + plan_question(question).concepts))
+    return Study(study_id, str(source), modality, concepts, index, key, question)
 
 
 def concepts_for(

@@ -22,6 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
+from medsam3.agent.config import AgentConfig
+from medsam3.agent.questions import answer_question, plan_question
+from medsam3.agent.segmenter import wrap
 from medsam3.io.common import EnvironmentFailure, concept_slug, environment_cause
 from medsam3.io.dicom import misses_slices
 from medsam3.io.image import MedImage
@@ -43,10 +46,12 @@ from medsam3.pipeline.status import (
     write_status,
 )
 from medsam3.reports.provenance import provenance_row
-from medsam3.reports.schemas import PROVENANCE_SCHEMA, SEGMENTS_SCHEMA
+from medsam3.reports.schemas import AGENT_TRACE_SCHEMA, PROVENANCE_SCHEMA, SEGMENTS_SCHEMA
 from medsam3.reports.tables import segment_rows, write_parquet_atomic
 
 log = logging.getLogger("medsam3.pipeline.infer")
+RAW_SUFFIX = "__raw"  # label of the backend's own mask where the agent changed it
+AGENT_KEYS = ("critic_score", "agent_rounds", "review", "agent_action")
 
 
 def _done_concepts(store: Path, concepts: list[str], model: Segmenter) -> set[str]:
@@ -60,6 +65,7 @@ def _done_concepts(store: Path, concepts: list[str], model: Segmenter) -> set[st
                 attrs.get("concept") == phrase
                 and attrs.get("backend") == model.name
                 and attrs.get("checkpoint_digest") == model.checkpoint_digest
+                and attrs.get("agent") == _agent_mode(model)
             ):
                 done.add(phrase)
     return done
@@ -104,7 +110,15 @@ def choose_modality(image: MedImage, model: Segmenter) -> ModalityChoice:
     return ModalityChoice(guess.modality, "model", guess.modality, float(guess.confidence))
 
 
+def _agent_mode(model: Segmenter) -> str | None:
+    """The agent mode a model runs with (None: no agent)."""
+    config = getattr(model, "config", None)
+    return config.mode if isinstance(config, AgentConfig) else None
+
+
 def _store_result(store: Path, result: ConceptResult, model: Segmenter) -> None:
+    """Write a concept's label (and, when the agent changed it, the backend's as ``__raw``)."""
+    raw = result.extra.pop("agent_raw_mask", None)
     label, scores = result.instance_label()
     attrs = {
         "concept": result.concept,
@@ -116,8 +130,18 @@ def _store_result(store: Path, result: ConceptResult, model: Segmenter) -> None:
         "nearest_known": list(result.nearest_known),
         "display_order": result.extra.get("display_order"),  # volumes: flips the model saw
         "presence_threshold": getattr(model, "presence_threshold", None),
+        "agent": _agent_mode(model),
+        **{k: result.extra[k] for k in AGENT_KEYS if k in result.extra},
+        "agent_trace": result.extra.get("agent_trace"),
     }
-    write_label(store, concept_slug(result.concept), label, attrs, scores=scores)
+    slug = concept_slug(result.concept)
+    write_label(store, slug, label, attrs, scores=scores)
+    if raw is not None:
+        presence = result.extra.get("agent_raw_presence", result.presence)
+        raw_result = ConceptResult(result.concept, raw, presence)
+        raw_label, raw_scores = raw_result.instance_label()
+        raw_attrs = {**attrs, "presence": presence, "instance_scores": raw_scores, "raw": True}
+        write_label(store, slug + RAW_SUFFIX, raw_label, raw_attrs, scores=raw_scores)
 
 
 def _export(
@@ -174,9 +198,17 @@ def segment_study(study: Study, model: Segmenter, settings: SegmentSettings) -> 
     if todo:
         for result in segment_in_display_order(model, image, todo).values():
             _store_result(store, result, model)
-    rows, errors = _export_and_rows(study, image, concepts, model, settings)
+    rows, errors, trace = _export_and_rows(study, image, concepts, model, settings)
     write_parquet_atomic(rows, layout.segments_part(study.study_id), SEGMENTS_SCHEMA)
+    if _agent_mode(model):
+        write_parquet_atomic(trace, layout.agent_trace_part(study.study_id), AGENT_TRACE_SCHEMA)
+    else:  # a trace of an earlier run with the agent on no longer describes these labels
+        layout.agent_trace_part(study.study_id).unlink(missing_ok=True)
     record.concepts, record.computed = concepts, todo
+    if study.question:
+        record.question = study.question
+        by_concept = {r["concept"]: r for r in rows if r["level"] == "concept"}
+        record.answer = answer_question(plan_question(study.question), by_concept)
     record.export_errors = [_hide(study, settings, e) for e in errors]
     return record
 
@@ -198,14 +230,14 @@ def _hide(study: Study, settings: SegmentSettings, message: str) -> str:
 
 def _export_and_rows(
     study: Study, image: MedImage, concepts: list[str], model: Segmenter, settings: SegmentSettings
-) -> tuple[list[dict], list[str]]:
-    """Export every stored concept's masks and build its segments rows.
+) -> tuple[list[dict], list[str], list[dict]]:
+    """Export every stored concept's masks and build its segments and agent trace rows.
 
     Returns:
-        (segments rows, "<concept>: <error>" of each failed export).
+        (segments rows, "<concept>: <error>" of each failed export, agent trace rows).
     """
     store = settings.layout.store(study.study_id)
-    rows, export_errors, labels = [], [], {}
+    rows, export_errors, labels, trace = [], [], {}, []
     for phrase in concepts:
         label, attrs = read_label(store, concept_slug(phrase))
         labels[phrase] = label
@@ -227,10 +259,12 @@ def _export_and_rows(
             model.name,
             model.checkpoint_digest,
             missing_slices=image.kind == "volume" and misses_slices(image.warnings),
+            agent=attrs if attrs.get("agent") else None,
         )
+        trace += [{"study_id": study.study_id, **row} for row in attrs.get("agent_trace") or []]
     if "nifti-ml" in settings.export:
         write_multilabel_nifti(labels, image, settings.layout.masks(study.study_id))
-    return rows, export_errors
+    return rows, export_errors, trace
 
 
 def segment_shard(name: str, studies: list[Study], settings: SegmentSettings) -> JobStatus:
@@ -255,6 +289,7 @@ def segment_shard(name: str, studies: list[Study], settings: SegmentSettings) ->
         checkpoint=settings.model.checkpoint or None,
         **_model_kwargs(settings.model),
     )
+    model = wrap(model, settings.agent)
     load_s = time.time() - start
     records = []
     for i, study in enumerate(studies, start=1):

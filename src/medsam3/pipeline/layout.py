@@ -10,6 +10,7 @@ their ``output:`` and ``log:`` patterns here with Snakemake wildcards in place o
     {outdir}/status/report.json                       timing of the report job
     {outdir}/parts/segments/{study_id}.parquet        a study's segments rows
     {outdir}/parts/provenance/{shard}.parquet         a shard's provenance row
+    {outdir}/parts/agent_trace/{study_id}.parquet     a study's agent trace rows (agent on)
     {outdir}/reports/{table}.parquet, report.html     the reports (reports.schemas.TABLE_FILES)
     {outdir}/reports/figures/{name}.png               the report's figures (snakemake --report)
     {outdir}/reports/ingest_failures.parquet          failures of the ``ingest`` target
@@ -73,6 +74,10 @@ class Layout:
         """A shard's row of the provenance table."""
         return self.root / "parts" / "provenance" / f"{shard}.parquet"
 
+    def agent_trace_part(self, study_id: str) -> Path:
+        """A study's rows of the agent trace table (written when the agent is on)."""
+        return self.root / "parts" / "agent_trace" / f"{study_id}.parquet"
+
     def provenance_parts(self) -> list[Path]:
         """The provenance parts written so far, sorted."""
         return sorted((self.root / "parts" / "provenance").glob("*.parquet"))
@@ -83,7 +88,7 @@ class Layout:
         return self.root / "reports"
 
     def table(self, name: str) -> Path:
-        """A report table: studies, segments, metrics, failures or provenance."""
+        """A report table: studies, segments, metrics, failures, provenance or agent_trace."""
         return self.reports / TABLE_FILES[name][0]
 
     def html_report(self) -> Path:
@@ -126,6 +131,6 @@ class Layout:
             self.stores,
             self.root / "status",
             *(self.root / "status" / stage for stage in ("ingest", "segment")),
-            *(self.root / "parts" / part for part in ("segments", "provenance")),
+            *(self.root / "parts" / part for part in ("segments", "provenance", "agent_trace")),
             self.reports,
         ]

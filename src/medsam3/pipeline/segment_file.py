@@ -148,8 +148,9 @@ def _write_concept(
     """Write one concept's masks and return its summary entry (the pipeline's concept row)."""
     label, scores = labelled
     written = write_concept_masks(label, image, result.concept, outdir, formats=("nifti", "png"))
+    agent = result.extra if "critic_score" in result.extra else None
     (row, *_) = segment_rows(
-        "-", result.concept, label, image, result.presence, scores, model.name, ""
+        "-", result.concept, label, image, result.presence, scores, model.name, "", agent=agent
     )
     entry = {
         "presence": round(float(result.presence), 4),
@@ -161,6 +162,8 @@ def _write_concept(
         "files": sorted({p.relative_to(outdir).parts[0] for p in written}),
         "nearest_known": result.nearest_known,
     }
+    if agent is not None:
+        entry |= {k: agent[k] for k in ("critic_score", "agent_rounds", "review", "agent_trace")}
     log.debug(
         "%s: presence %.3f, %d instance(s)", result.concept, result.presence, entry["n_instances"]
     )

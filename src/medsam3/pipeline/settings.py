@@ -74,7 +74,8 @@ class IngestSettings(_JobSettings):
 class SegmentSettings(_JobSettings):
     """What a segment shard job needs besides its studies.
 
-    ``to_params()`` is also the configuration hashed into the provenance table.
+    ``to_params()`` is also the configuration hashed into the provenance table. ``agent`` is
+    ``config["agent"]`` (None when the config has none; its mode "off" is the default).
     """
 
     outdir: str
@@ -83,6 +84,7 @@ class SegmentSettings(_JobSettings):
     default_concepts: dict[str, list[str]]
     report_paths: bool
     warnings: tuple[str, ...] = ()
+    agent: dict[str, Any] | None = None
 
     @classmethod
     def from_config(
@@ -102,6 +104,7 @@ class SegmentSettings(_JobSettings):
             default_concepts={k: list(v) for k, v in config["default_concepts"].items()},
             report_paths=config["report_paths"],
             warnings=tuple(warnings),
+            agent=_agent(config),
         )
 
     @classmethod
@@ -119,6 +122,12 @@ class SegmentSettings(_JobSettings):
         params["export"] = list(self.export)
         params["warnings"] = list(self.warnings)
         return params
+
+
+def _agent(config: Mapping[str, Any]) -> dict[str, Any] | None:
+    """``config["agent"]`` when its mode turns the agent on, else None (off)."""
+    agent = dict(config.get("agent") or {})
+    return agent if agent.get("mode", "off") != "off" else None
 
 
 @dataclass(frozen=True)

@@ -40,6 +40,8 @@ class StudyStatus:
             by the segmentation model) or "guess" (ingest's heuristic).
         modality_predicted: segment: the model's modality when it was asked, else None.
         modality_confidence: segment: the model's probability for it, else None.
+        question: segment: the cohort row's clinical question, else None.
+        answer: segment: its answer (:func:`medsam3.agent.questions.answer_question`).
     """
 
     study_id: str
@@ -55,6 +57,8 @@ class StudyStatus:
     modality_source: str | None = None
     modality_predicted: str | None = None
     modality_confidence: float | None = None
+    question: str | None = None
+    answer: str | None = None
 
     @classmethod
     def from_dict(cls, fields: dict) -> StudyStatus:

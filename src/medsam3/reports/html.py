@@ -206,6 +206,34 @@ def _concepts_html(reports_dir: Path, threshold: float) -> str:
     return _table("Concepts", header, rows)
 
 
+def _questions_html(reports_dir: Path) -> str:
+    """The cohort's clinical questions and their answers (empty when no row asked one)."""
+    df = read_table(reports_dir, "studies", ["study_id", "question", "answer"])
+    if df is None or "question" not in df or df["question"].isna().all():
+        return ""
+    asked = df.dropna(subset=["question"])
+    rows = [[r.study_id, r.question, r.answer or "-"] for r in asked.itertuples()]
+    return _table("Questions", ["study", "question", "answer"], rows)
+
+
+def _review_html(reports_dir: Path) -> str:
+    """Results the agent flagged for review (critic score below its accept threshold).
+
+    Empty when the agent was off (no critic scores); "none" when it flagged nothing.
+    """
+    columns = ["study_id", "concept", "level", "critic_score", "agent_rounds", "review"]
+    df = read_table(reports_dir, "segments", columns)
+    if df is None or "review" not in df or df["critic_score"].isna().all():
+        return ""
+    flagged = df[(df["level"] == "concept") & (df["review"].fillna(False).astype(bool))]
+    rows = [
+        [r.study_id, r.concept, f"{r.critic_score:.3f}", int(r.agent_rounds)]
+        for r in flagged.sort_values(["critic_score", "study_id"]).itertuples()
+    ]
+    header = ["study", "concept", "critic score", "agent rounds"]
+    return _table("Flagged for review by the agent", header, rows)
+
+
 def _warnings_html(reports_dir: Path, examples: int = 5) -> str:
     """Ingest warnings: each kind (text before its first ':'), how many studies, a few ids."""
     df = read_table(reports_dir, "studies", ["study_id", "warnings"])
@@ -294,6 +322,8 @@ def write_html_report(
         _failures_html(reports_dir),
         _studies_html(reports_dir, run),
         _concepts_html(reports_dir, run.presence_threshold),
+        _review_html(reports_dir),
+        _questions_html(reports_dir),
     ]
     for name, fig in report_figures(reports_dir, overlays).items():
         data = base64.b64encode(png_bytes(fig)).decode("ascii")

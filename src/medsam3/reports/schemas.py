@@ -53,6 +53,12 @@ STUDIES_SCHEMA = pa.schema(
             "ingest warnings: missing slices, ignored files, irregular spacing, guessed "
             "modality, ... (source paths hidden)",
         ),
+        _f("question", _STR, "the cohort row's clinical question, else null"),
+        _f(
+            "answer",
+            _STR,
+            "the question's answer from the segmented concepts (presence, or size with its unit)",
+        ),
     ]
 )
 
@@ -109,8 +115,44 @@ SEGMENTS_SCHEMA = pa.schema(
             "the volume's series misses slices (a gap, or slices without pixel data): volumes "
             "and positions are not to be trusted; see the study's warnings",
         ),
+        _f(
+            "critic_score",
+            _F64,
+            "the agent's critic: probability that the concept's result is right (Dice >= 0.5, "
+            "or empty where absent); concept rows, null when the agent is off",
+        ),
+        _f("agent_rounds", _I64, "planner rounds the agent ran (concept rows; null when off)"),
+        _f(
+            "review",
+            _BOOL,
+            "the agent could not bring critic_score up to its accept threshold: look at this "
+            "result (concept rows; null when off)",
+        ),
         _f("backend", _STR, "segmentation backend"),
         _f("checkpoint_digest", _STR, "sha256 of the checkpoint"),
+    ]
+)
+
+AGENT_TRACE_SCHEMA = pa.schema(
+    [
+        _f("study_id", _STR, "pseudonymous study id"),
+        _f("concept", _STR, "concept phrase"),
+        _f("round", _I64, "planner round (0: the first result was accepted at once)"),
+        _f(
+            "action",
+            _STR,
+            "what was tried: drop, box:peak|prior|parent, relax, tighten, reprompt:<phrase>, "
+            "crop_zoom, mllm / mllm:fallback (notes), stop (the final decision)",
+        ),
+        _f("critic_before", _F64, "critic score of the result before the action"),
+        _f("critic_after", _F64, "critic score of the action's candidate (null: not run)"),
+        _f(
+            "decision",
+            _STR,
+            "accepted (replaced the result), rejected, skipped, note; on stop rows accepted "
+            "(critic >= accept) or review",
+        ),
+        _f("reason", _STR, "why the action was proposed, or why it was skipped"),
     ]
 )
 
@@ -170,4 +212,5 @@ TABLE_FILES = {
     "metrics": ("metrics.parquet", METRICS_SCHEMA),
     "failures": ("failures.parquet", FAILURES_SCHEMA),
     "provenance": ("provenance.parquet", PROVENANCE_SCHEMA),
+    "agent_trace": ("agent_trace.parquet", AGENT_TRACE_SCHEMA),
 }

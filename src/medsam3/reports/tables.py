@@ -55,8 +55,8 @@ def study_row(
         error: error message (UIDs and dates are scrubbed here) or None.
         image: the ingested image's description, or None when ingest failed.
         modality: what segmentation settled (keys modality, modality_source,
-            modality_predicted, modality_confidence), or None before segmentation (the
-            image's modality and source are used).
+            modality_predicted, modality_confidence; question and answer when the row asked
+            one), or None before segmentation (the image's modality and source are used).
 
     Returns:
         dict matching ``STUDIES_SCHEMA``.
@@ -80,8 +80,10 @@ def study_row(
             source_digest=image.source_digest,
             warnings=[scrub_identifiers(w, 500) for w in image.warnings],
         )
-    if modality and modality.get("modality_source"):
-        row.update(modality)
+    settled = dict(modality or {})
+    row.update(question=settled.pop("question", None), answer=settled.pop("answer", None))
+    if settled.get("modality_source"):
+        row.update(settled)
     return row
 
 
@@ -166,6 +168,7 @@ def segment_rows(
     backend: str,
     checkpoint_digest: str,
     missing_slices: bool = False,
+    agent: dict | None = None,
 ) -> list[dict]:
     """Rows of the segments table for one (study, concept): one concept row, one per instance.
 
@@ -185,6 +188,8 @@ def segment_rows(
         backend: backend name.
         checkpoint_digest: sha256 of the checkpoint.
         missing_slices: the volume's series misses slices (flagged on every row).
+        agent: ``critic_score``, ``agent_rounds`` and ``review`` of the agent (concept row
+            only); None when the agent is off (the columns stay null).
 
     Returns:
         list of dicts matching ``SEGMENTS_SCHEMA``; an absent concept gives one concept row with
@@ -214,6 +219,7 @@ def segment_rows(
         "n_instances": len(ids),
         "score": max(scores) if scores else None,
         "n_components": _components(mask)[1],
+        **_agent_columns(agent),
     }
     union = (mask > 0).astype(np.uint8)
     boxes = ndimage.find_objects(union)
@@ -235,6 +241,17 @@ def segment_rows(
         row.update(_region_row(mask, value, sl, image))
         rows.append(row)
     return rows
+
+
+def _agent_columns(agent: dict | None) -> dict:
+    """The agent's concept-row columns (empty when the agent is off)."""
+    if not agent or agent.get("critic_score") is None:
+        return {}
+    return {
+        "critic_score": float(agent["critic_score"]),
+        "agent_rounds": int(agent.get("agent_rounds") or 0),
+        "review": bool(agent.get("review")),
+    }
 
 
 def _score(scores: list[float], value: int, presence: float) -> float:
