@@ -28,7 +28,12 @@ from medsam3.models.concept_head import ConceptHead, HeadConfig
 from medsam3.models.concepts import lateral_pair, nearest, parent_of, resolve, tiles_of
 from medsam3.models.feature_cache import encode_cached
 from medsam3.models.inputs import InputError, check_array, check_concepts, infer_kind
-from medsam3.models.litemedsam import LiteMedSAM, Prepared, logits_to_original, prepare_image
+from medsam3.models.litemedsam import (
+    LiteMedSAM,
+    Prepared,
+    logits_to_mask,
+    prepare_image,
+)
 from medsam3.models.modality import ModalityGuess, ModalityHead, modality_features
 from medsam3.models.phrases import canonical, condition
 from medsam3.models.preprocess import group_by_ct_window, to_uint8_rgb
@@ -279,11 +284,11 @@ class CompactSegmenter(Segmenter):
         """
         if boxes is None:
             logits, _ = self.sam.decode(state.embedding, state.prep, points=points)
-            return _mask(logits, state.prep)
+            return logits_to_mask(logits, state.prep)
         parts = []
         for i in range(0, len(boxes), 32):
             logits, _ = self.sam.decode(state.embedding, state.prep, boxes=boxes[i : i + 32])
-            parts.append(_mask(logits, state.prep))
+            parts.append(logits_to_mask(logits, state.prep))
         return np.concatenate(parts)
 
     @torch.inference_mode()
@@ -324,7 +329,7 @@ class CompactSegmenter(Segmenter):
             return mask
         side, base = pair
         _, logits = self.head.decode(state.feats, self._text([base]))
-        both = _mask(logits, state.prep)[0]
+        both = logits_to_mask(logits, state.prep)[0]
         midline = bilateral_midline(both)
         if midline is None:
             return mask
@@ -334,7 +339,7 @@ class CompactSegmenter(Segmenter):
 
     def _refine_components(self, state: PlaneState, dense: torch.Tensor, phrase: str):
         """Dense mask -> decoder mask per large component where they agree (IoU >= iou_gate)."""
-        mask = _mask(dense[None], state.prep)[0]
+        mask = logits_to_mask(dense[None], state.prep)[0]
         if phrase in self.no_refine or resolve(phrase) in self.no_refine or not mask.any():
             return mask
         labels, n = ndimage.label(mask)
@@ -531,11 +536,6 @@ def bilateral_midline(mask: np.ndarray, min_share: float = 0.1) -> float | None:
             elif sl[1].start > midline:
                 sides.add("image right")
     return float(midline) if len(sides) == 2 else None
-
-
-def _mask(logits: torch.Tensor, prep: Prepared) -> np.ndarray:
-    """(n, 1, s, s) logits on any device -> (n, y, x) bool masks in original pixels (CPU)."""
-    return (logits_to_original(logits, prep)[:, 0] > 0).cpu().numpy()
 
 
 def _box(sl: tuple[slice, slice]) -> tuple[int, int, int, int]:

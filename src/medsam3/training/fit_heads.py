@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from medsam3.models.compact import CompactSegmenter
 from medsam3.models.concept_head import ConceptHead
-from medsam3.models.litemedsam import logits_to_original
+from medsam3.models.litemedsam import logits_to_mask
 from medsam3.models.modality import ModalityHead, modality_features
 from medsam3.training.head_file import save_head
 from medsam3.training.scores import dice
@@ -125,7 +125,7 @@ def refinement_choice(model, samples) -> tuple[list[str], dict]:
         _, dense = model.detect(state, pos)
         for k, c in enumerate(pos):
             gt = s.masks[c]()
-            plain = (logits_to_original(dense[k][None], state.prep)[0, 0] > 0).cpu().numpy()
+            plain = logits_to_mask(dense[k][None], state.prep)[0]
             scores[c].append((dice(plain, gt), dice(model.refine(state, dense[k], c), gt)))
     model.no_refine = saved
     table = {
