@@ -4,6 +4,8 @@ real CT slice of the shared data set; skipped without it)."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
@@ -87,6 +89,13 @@ def test_a_changed_result_keeps_the_raw_label(agent, tmp_path, slice_png):
     raw_label, raw_attrs = read_label(store, "liver" + RAW_SUFFIX)
     assert np.array_equal(label > 0, refined > 0) and np.array_equal(raw_label > 0, raw > 0)
     assert raw_attrs["raw"] and raw_attrs["presence"] == 0.7 and attrs["critic_score"] == 0.8
+    # a rerun in which the agent leaves the mask alone removes the now stale raw label
+    kept = {"critic_score": 0.9, "agent_rounds": 0, "review": False, "agent_trace": []}
+    _store_result(store, ConceptResult("liver", refined, 0.9, extra=kept), agent)
+    assert list_labels(store) == ["liver"]
+    assert json.loads((store / "labels" / "zarr.json").read_text())["attributes"]["ome"][
+        "labels"
+    ] == ["liver"]
 
 
 def test_report_lists_results_flagged_for_review(agent, slice_png, tmp_path):

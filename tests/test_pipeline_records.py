@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import yaml
+from snakemake.cli import parse_config
 from snakemake.utils import validate
 
 from medsam3.pipeline.cohort import Shard, Study, StudyRef, shard_studies
@@ -17,6 +18,7 @@ from medsam3.pipeline.settings import (
     SegmentSettings,
     ground_truth_table,
     run_warnings,
+    typed_config,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -114,3 +116,22 @@ def test_segment_jobs_ask_for_a_gpu_only_when_they_use_one():
     assert auto.gpus(ModelSettings("compact", "", "", "auto")) == compact
     assert JobResources(8000, 120, 2).gpus(ModelSettings("sam3", "", "", "cpu")) == 2
     assert JobResources(4000, 30, "auto").gpus(None) == 0  # ingest and report jobs
+
+
+def test_nested_config_strings_from_the_command_line_are_typed_by_the_schema():
+    """snakemake --config reads nested values as strings; the schema types them back."""
+    given = parse_config(['agent={mode: rules, max_rounds: 1, accept: 0.5, allow_remote: "true"}'])
+    assert given["agent"]["max_rounds"] == "1"  # what Snakemake hands the workflow
+    schema = yaml.safe_load(Path(SCHEMA).read_text(encoding="utf-8"))
+    config = typed_config(given, schema)
+    assert config["agent"] == {
+        "mode": "rules",
+        "max_rounds": 1,
+        "accept": 0.5,
+        "allow_remote": True,
+    }
+    minimal = {"cohort": "c", "outdir": "o", "study_id_salt": "s", "shard_size": 3}
+    minimal["model"] = {"backend": "compact"}
+    assert SegmentSettings.from_config(_validated(minimal | config)).agent["max_rounds"] == 1
+    off = typed_config(parse_config(["agent={mode: off, max_rounds: two}"]), schema)
+    assert off["agent"] == {"mode": "off", "max_rounds": "two"}  # left for the schema to refuse

@@ -11,6 +11,7 @@ import shutil
 from dataclasses import replace
 from pathlib import Path
 
+import yaml
 from snakemake.logging import logger
 from snakemake.utils import validate
 
@@ -26,10 +27,14 @@ from medsam3.pipeline.settings import (
     SegmentSettings,
     ground_truth_table,
     run_warnings,
+    typed_config,
 )
 from medsam3.pipeline.status import run_summary
 
-# Fills every optional key with its schema default: the defaults live in the schema only.
+# Nested --config values arrive as strings (agent="{max_rounds: 1}"): typed by the schema first.
+# Validation fills every optional key with its schema default: the defaults live in the schema.
+CONFIG_SCHEMA = Path(workflow.basedir, "workflow", "schemas", "config.schema.yaml")
+config.update(typed_config(config, yaml.safe_load(CONFIG_SCHEMA.read_text(encoding="utf-8"))))
 validate(config, "../schemas/config.schema.yaml", set_default=True)
 
 DEMO = Path(workflow.basedir, "resources", "demo").resolve()  # names the demo cohort

@@ -364,6 +364,23 @@ def write_label(
     _write_labels_group(labels, list_labels(store_path))
 
 
+def delete_label(store_path: PathLikeStr, name: str) -> bool:
+    """Remove ``labels/<name>`` if it exists (moved aside first, so readers never see half).
+
+    Returns:
+        True when a label was removed.
+    """
+    _check_label_name(name)
+    final = Path(store_path) / "labels" / name
+    if not final.is_dir():
+        return False
+    old = _tmp_sibling(final, "old")
+    os.rename(final, old)
+    _write_labels_group(final.parent, list_labels(store_path))
+    shutil.rmtree(old)
+    return True
+
+
 def list_labels(store_path: PathLikeStr) -> list[str]:
     """Names of the complete label images of a store, sorted (staging folders excluded)."""
     labels = Path(store_path) / "labels"

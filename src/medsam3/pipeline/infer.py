@@ -29,7 +29,14 @@ from medsam3.io.common import EnvironmentFailure, concept_slug, environment_caus
 from medsam3.io.dicom import misses_slices
 from medsam3.io.image import MedImage
 from medsam3.io.masks import write_concept_masks, write_multilabel_nifti
-from medsam3.io.zarr_store import list_labels, read_label, read_label_attrs, read_study, write_label
+from medsam3.io.zarr_store import (
+    delete_label,
+    list_labels,
+    read_label,
+    read_label_attrs,
+    read_study,
+    write_label,
+)
 from medsam3.models.base import ConceptResult, Segmenter
 from medsam3.models.build import load_model, resolve_device
 from medsam3.models.concepts import log_unknown_phrases
@@ -117,7 +124,8 @@ def _agent_mode(model: Segmenter) -> str | None:
 
 
 def _store_result(store: Path, result: ConceptResult, model: Segmenter) -> None:
-    """Write a concept's label (and, when the agent changed it, the backend's as ``__raw``)."""
+    """Write a concept's label (and, when the agent changed it, the backend's as ``__raw``;
+    a ``__raw`` label left by an earlier run is removed when this one has none)."""
     raw = result.extra.pop("agent_raw_mask", None)
     label, scores = result.instance_label()
     attrs = {
@@ -142,6 +150,8 @@ def _store_result(store: Path, result: ConceptResult, model: Segmenter) -> None:
         raw_label, raw_scores = raw_result.instance_label()
         raw_attrs = {**attrs, "presence": presence, "instance_scores": raw_scores, "raw": True}
         write_label(store, slug + RAW_SUFFIX, raw_label, raw_attrs, scores=raw_scores)
+    elif delete_label(store, slug + RAW_SUFFIX):
+        log.info("removed the stale raw label of %r (the agent left this mask unchanged)", slug)
 
 
 def _export(

@@ -14,6 +14,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Self
 
+import yaml
+
 from medsam3.models.build import uses_gpu
 from medsam3.pipeline.layout import Layout
 
@@ -122,6 +124,39 @@ class SegmentSettings(_JobSettings):
         params["export"] = list(self.export)
         params["warnings"] = list(self.warnings)
         return params
+
+
+def typed_config(config: Any, schema: Mapping[str, Any]) -> Any:
+    """``config`` with the strings that ``snakemake --config`` leaves in nested values typed.
+
+    Snakemake reads ``--config agent="{mode: rules, max_rounds: 1}"`` with YAML's base loader,
+    so every nested scalar arrives as a string ("1", "true"). A string where the schema wants
+    an integer, number or boolean is read as YAML and kept when it has that type; anything
+    else is left for the schema to reject with its own message.
+
+    Args:
+        config: a config value (the whole config at the top).
+        schema: the JSON schema of that value (``workflow/schemas/config.schema.yaml``).
+
+    Returns:
+        A copy with those strings replaced.
+    """
+    if isinstance(config, Mapping):
+        props = schema.get("properties", {})
+        return {k: typed_config(v, props.get(k, {})) for k, v in config.items()}
+    if isinstance(config, list):
+        return [typed_config(v, schema.get("items", {})) for v in config]
+    wanted = schema.get("type")
+    if isinstance(config, str) and isinstance(wanted, str) and wanted in _SCALAR_TYPES:
+        value = yaml.safe_load(config) if config.strip() else None
+        if isinstance(value, _SCALAR_TYPES[wanted]) and not (
+            wanted != "boolean" and isinstance(value, bool)
+        ):
+            return value
+    return config
+
+
+_SCALAR_TYPES = {"integer": int, "number": (int, float), "boolean": bool}
 
 
 def _agent(config: Mapping[str, Any]) -> dict[str, Any] | None:
