@@ -34,7 +34,9 @@ from medsam3.pipeline.status import run_summary
 # Nested --config values arrive as strings (agent="{max_rounds: 1}"): typed by the schema first.
 # Validation fills every optional key with its schema default: the defaults live in the schema.
 CONFIG_SCHEMA = Path(workflow.basedir, "workflow", "schemas", "config.schema.yaml")
-config.update(typed_config(config, yaml.safe_load(CONFIG_SCHEMA.read_text(encoding="utf-8"))))
+config.update(
+    typed_config(config, yaml.safe_load(CONFIG_SCHEMA.read_text(encoding="utf-8")))
+)
 validate(config, "../schemas/config.schema.yaml", set_default=True)
 
 DEMO = Path(workflow.basedir, "resources", "demo").resolve()  # names the demo cohort
