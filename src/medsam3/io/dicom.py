@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 from PIL import Image
+from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
@@ -51,6 +52,8 @@ VIDEO_CODES = {"US", "IVUS", "ES", "XA", "RF", "XC", "GM"}
 TIMING_TAGS = ("FrameTime", "FrameTimeVector", "CineRate", "RecommendedDisplayFrameRate")
 DICOM_SUFFIXES = {".dcm", ".dicom", ".ima"}
 PIXEL_TAGS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+PIXEL_DATA = 0x7FE00010
+PIXEL_DATA_TAG = b"\xe0\x7f\x10\x00"  # (7FE0,0010) as little-endian bytes
 TRUNCATED_SLICES = "image file(s) without pixel data"  # in the warning of read_dicom
 
 
@@ -88,7 +91,7 @@ def load_dataset(path: Path, header_only: bool = False) -> tuple[Dataset, str]:
         if header_only:
             return pydicom.dcmread(path, stop_before_pixels=True, force=True), ""
         data = path.read_bytes()
-        ds = pydicom.dcmread(io.BytesIO(data), force=True)
+        ds = parse_dicom(data)
     except Exception as exc:  # pydicom raises many types for damaged files
         raise ReadError(
             f"{path}: not a readable DICOM file ({scrub_identifiers(exc)}); "
@@ -98,6 +101,52 @@ def load_dataset(path: Path, header_only: bool = False) -> tuple[Dataset, str]:
     if "SOPClassUID" not in ds and "Rows" not in ds and meta_class is None:
         raise ReadError(f"{path}: not a DICOM file (no SOP class, no image size); remove it")
     return ds, bytes_digest(data)
+
+
+def parse_dicom(data: bytes) -> Dataset:
+    """Parse a DICOM file's bytes; uncompressed pixel data is not copied.
+
+    Args:
+        data: the whole file.
+
+    Returns:
+        The dataset. Its PixelData is a read-only memoryview of ``data`` when the file is
+        little endian and not deflated and the pixel data has a defined length (every native
+        image); anything else (compressed, float pixels, big endian) is parsed by pydicom as
+        usual. Elements after the pixel data (padding, signatures) are then not read.
+    """
+    fp = io.BytesIO(data)
+    ds = pydicom.dcmread(fp, force=True, stop_before_pixels=True)
+    syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    little = ds.original_encoding[1]
+    if syntax not in (ExplicitVRLittleEndian, ImplicitVRLittleEndian) or not little:
+        return pydicom.dcmread(io.BytesIO(data), force=True)  # deflated: offsets not ours
+    start = fp.tell()
+    if start >= len(data):
+        return ds  # the file has no pixel data (a DICOMDIR, a report)
+    found = _pixel_view(ds, data, start)
+    if found is None:
+        return pydicom.dcmread(io.BytesIO(data), force=True)
+    vr, view = found  # a memoryview is not a value type pydicom validates: skip the check
+    ds[PIXEL_DATA] = DataElement(PIXEL_DATA, vr, view, validation_mode=pydicom.config.IGNORE)
+    return ds
+
+
+def _pixel_view(ds: Dataset, data: bytes, start: int) -> tuple[str, memoryview] | None:
+    """(VR, value) of the PixelData element at byte ``start`` of a little-endian file, or
+    None when another element is there or the value is encapsulated or cut short."""
+    if data[start : start + 4] != PIXEL_DATA_TAG:
+        return None
+    if ds.original_encoding[0]:  # implicit VR
+        vr = "OW" if int(ds.get("BitsAllocated", 16)) > 8 else "OB"
+        header, length = 8, int.from_bytes(data[start + 4 : start + 8], "little")
+    else:
+        vr = data[start + 4 : start + 6].decode("latin-1")
+        header, length = 12, int.from_bytes(data[start + 8 : start + 12], "little")
+    end = start + header + length
+    if vr not in ("OB", "OW") or length == 0xFFFFFFFF or end > len(data):
+        return None  # encapsulated or truncated: pydicom reads (or reports) it
+    return vr, memoryview(data)[start + header : end]
 
 
 def misses_slices(warnings: list[str] | tuple[str, ...]) -> bool:
