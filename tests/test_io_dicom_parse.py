@@ -9,8 +9,8 @@ import pydicom
 import pytest
 from pydicom.data import get_testdata_file
 
-from medsam3.io.dicom import parse_dicom
 from medsam3.io.dicom_geometry import rescale, stack_rescaled
+from medsam3.io.dicom_load import parse_dicom
 
 NATIVE = ["CT_small.dcm", "MR_small_implicit.dcm", "MR_small_padded.dcm", "emri_small.dcm"]
 NATIVE += ["SC_rgb.dcm", "OBXXXX1A.dcm", "liver.dcm"]
