@@ -1,16 +1,20 @@
-"""The fast DICOM read path: zero-copy pixel data and the one-pass stack + rescale."""
+"""The fast DICOM read path: zero-copy pixel data, planes taken while loading, and the
+one-pass stack + rescale."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pydicom
 import pytest
+from io_helpers import write_dicom_series
 from pydicom.data import get_testdata_file
 
 from medsam3.io.dicom_geometry import rescale, stack_rescaled
-from medsam3.io.dicom_load import parse_dicom
+from medsam3.io.dicom_load import load_images, parse_dicom
+from medsam3.io.read import read_source
 
 NATIVE = ["CT_small.dcm", "MR_small_implicit.dcm", "MR_small_padded.dcm", "emri_small.dcm"]
 NATIVE += ["SC_rgb.dcm", "OBXXXX1A.dcm", "liver.dcm"]
@@ -71,3 +75,23 @@ def test_stack_rescaled_is_rescale_of_the_stack(frames, slopes, intercepts, dtyp
     np.testing.assert_array_equal(out, ref)
     exact = np.stack(frames) * slopes[:, None, None] + intercepts[:, None, None]
     np.testing.assert_allclose(out, exact, rtol=1e-6)
+
+
+def test_native_slices_are_loaded_with_their_plane(tmp_path):
+    paths = write_dicom_series(
+        tmp_path / "s", np.arange(4 * 6 * 7, dtype=np.int16).reshape(4, 6, 7)
+    )
+    shutil.copy(get_testdata_file("MR_small_jp2klossless.dcm"), tmp_path / "s" / "j2k.dcm")
+    loaded, skipped, truncated = load_images([*paths, tmp_path / "s" / "j2k.dcm"], "s")
+    assert (skipped, truncated) == (0, 0)
+    assert [f.plane is not None for f in loaded] == [True] * 4 + [False]  # j2k: decoded later
+    assert all(f.plane.pixels.base is not None for f in loaded[:4])  # views of the file bytes
+
+
+def test_a_malformed_slice_header_is_reported_by_the_reader(tmp_path):
+    paths = write_dicom_series(tmp_path / "s", np.zeros((4, 6, 7), np.int16))
+    data = paths[1].read_bytes()
+    paths[1].write_bytes(data.replace(b"15.000000", b"1x.000000"))  # its position's y
+    assert load_images(paths, "s")[0][1].plane is None  # left to the reader, which raises
+    with pytest.raises(ValueError, match="1x.000000"):
+        read_source(tmp_path / "s")
