@@ -305,18 +305,7 @@ def segment_shard(name: str, studies: list[Study], settings: SegmentSettings) ->
     )
     model = wrap(model, settings.agent)
     load_s = time.time() - start
-    records = []
-    ahead = prefetch(studies, lambda s: read_stored(s, settings), PREFETCH_STUDIES)
-    with closing(ahead):  # the next study's store is read while this one is segmented
-        for i, stored in enumerate(ahead, start=1):
-            study = stored.item
-            log.info(
-                "segment %s (%s, study %d of %d): started", study.study_id, name, i, len(studies)
-            )
-            t0 = time.time()
-            records.append(_segment_safely(study, model, settings, stored))
-            records[-1].seconds = time.time() - t0
-            log.info(progress_line(name, i, len(studies), records[-1]))
+    records = segment_studies(name, studies, model, settings)
     prov = provenance_row(
         f"segment/{name}",
         model.name,
@@ -331,6 +320,36 @@ def segment_shard(name: str, studies: list[Study], settings: SegmentSettings) ->
     status = JobStatus("segment", name, records, model_load_s=load_s)
     write_status(layout.status("segment", name), status)
     return status
+
+
+def segment_studies(
+    name: str, studies: list[Study], model: Segmenter, settings: SegmentSettings
+) -> list[StudyStatus]:
+    """Segment studies one after the other, each store read while the one before is segmented.
+
+    Args:
+        name: the shard's name (for the progress lines).
+        studies: cohort rows.
+        model: the loaded segmenter.
+        settings: the segment job's settings.
+
+    Returns:
+        One record per study, in order, with its seconds (input failures recorded).
+
+    Raises:
+        EnvironmentFailure: the machine failed (the read-ahead thread is stopped first).
+    """
+    records, n = [], len(studies)
+    ahead = prefetch(studies, lambda s: read_stored(s, settings), PREFETCH_STUDIES)
+    with closing(ahead):
+        for i, stored in enumerate(ahead, start=1):
+            study = stored.item
+            log.info("segment %s (%s, study %d of %d): started", study.study_id, name, i, n)
+            t0 = time.time()
+            records.append(_segment_safely(study, model, settings, stored))
+            records[-1].seconds = time.time() - t0
+            log.info(progress_line(name, i, n, records[-1]))
+    return records
 
 
 def progress_line(shard: str, index: int, total: int, record: StudyStatus) -> str:
