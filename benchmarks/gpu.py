@@ -12,7 +12,8 @@ For each backend it measures on synthetic inputs (random weights for sam3: cost 
 - slices/s: a volume through ``model.segment`` (sam3: per_slice and propagate), and for sam3
   the bare forward over its slices;
 - the pipeline on a shard: studies ingested into Zarr stores, then ``pipeline.infer
-  .segment_study`` for each (read store, segment, labels, exports, tables), against
+  .segment_studies`` (the shard loop: each store read ahead while the study before is
+  segmented, then segment, labels, exports, tables), against
   ``model.segment`` on the same arrays in memory (goal: ratio >= 0.8);
 - peak device memory of each part (CUDA only);
 - CPU/GPU agreement (CUDA only): the same seeded tiny sam3 and the compact backend on the CPU
@@ -98,9 +99,9 @@ def bare_sam3(seg, planes: list[np.ndarray]) -> None:
 
 
 def shard_pipeline(model, images, volume, studies: int) -> tuple[float, float]:
-    """(pipeline seconds over a shard via segment_study, model.segment seconds, same arrays)."""
+    """(pipeline seconds over a shard via segment_studies, model.segment seconds, same arrays)."""
     from medsam3.pipeline.cohort import Study
-    from medsam3.pipeline.infer import segment_study
+    from medsam3.pipeline.infer import segment_studies
     from medsam3.pipeline.settings import ModelSettings, SegmentSettings
     from medsam3.pipeline.status import JobStatus, StudyStatus, write_status
 
@@ -121,8 +122,7 @@ def shard_pipeline(model, images, volume, studies: int) -> tuple[float, float]:
             write_status(settings.layout.status("ingest", sid), JobStatus("ingest", sid, [record]))
             shard.append(Study(sid, "", image.modality, tuple(CONCEPTS)))
         t0 = time.perf_counter()
-        for study in shard:
-            status = segment_study(study, model, settings)
+        for status in segment_studies("bench", shard, model, settings):
             assert status.status == "ok", status
         pipeline_s = time.perf_counter() - t0
     t0 = time.perf_counter()

@@ -4,10 +4,13 @@ Generates a CT-like int16 DICOM series (default 512 x 512 x 300, one file per sl
 names) in a work folder once, then times
   (a) SimpleITK ImageSeriesReader (GDCM file ordering + read), the baseline, and
   (b) ``medsam3.io.read.read_source`` + ``medsam3.io.zarr_store.write_study``,
-and prints seconds, MB/s (of decoded voxels) and the ratio (b)/(a); the goal is <= 1.5.
+and prints seconds, MB/s (of decoded voxels), the store's size and the ratio (b)/(a); the goal
+is <= 1.5. ``--codec cname:level:shuffle`` (e.g. ``zstd:1:shuffle``) writes with another Blosc
+codec instead of the stores' own (``zarr_store.compressor``), to compare speed and size.
 
 Usage:
     python benchmarks/ingest.py [--slices 300] [--size 512] [--repeat 3] [--workdir DIR]
+                                [--codec lz4:5:bitshuffle]
 """
 
 from __future__ import annotations
@@ -23,7 +26,9 @@ import numpy as np
 import SimpleITK as sitk
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+from zarr.codecs import BloscCodec, BloscShuffle
 
+from medsam3.io import zarr_store
 from medsam3.io.read import read_source
 from medsam3.io.zarr_store import write_study
 
@@ -92,6 +97,13 @@ def best_of(repeat: int, fn, *args) -> tuple[float, object]:
     return min(times), out
 
 
+def use_codec(spec: str) -> None:
+    """Make ``write_study`` compress with the Blosc codec ``cname:level:shuffle``."""
+    cname, level, shuffle = spec.split(":")
+    codec = BloscCodec(cname=cname, clevel=int(level), shuffle=BloscShuffle[shuffle])
+    zarr_store.compressor = lambda: codec
+
+
 def main() -> None:
     """Parse arguments, generate the series if needed, time both paths and print a summary."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -101,7 +113,10 @@ def main() -> None:
     parser.add_argument(
         "--workdir", type=Path, default=Path(tempfile.gettempdir()) / "medsam3-bench"
     )
+    parser.add_argument("--codec", help="cname:level:shuffle, e.g. zstd:1:shuffle")
     args = parser.parse_args()
+    if args.codec:
+        use_codec(args.codec)
     folder = args.workdir / f"ct_{args.size}x{args.size}x{args.slices}"
     if not folder.is_dir() or len(list(folder.iterdir())) != args.slices:
         shutil.rmtree(folder, ignore_errors=True)
@@ -118,7 +133,11 @@ def main() -> None:
     print(f"volume: {args.slices} x {args.size} x {args.size} int16 = {megabytes:.0f} MB")
     print(f"(a) SimpleITK ImageSeriesReader : {t_base:6.2f} s  {megabytes / t_base:6.1f} MB/s")
     print(f"(b) read_source + write_study   : {t_ours:6.2f} s  {megabytes / t_ours:6.1f} MB/s")
-    print(f"    read_source {t_read:.2f} s, write_study {t_write:.2f} s, store {stored:.0f} MB")
+    codec = zarr_store.compressor()
+    print(
+        f"    read_source {t_read:.2f} s, write_study {t_write:.2f} s, store {stored:.0f} MB "
+        f"(Blosc {codec.cname.value}:{codec.clevel}:{codec.shuffle.value})"
+    )
     print(f"ratio (b)/(a): {t_ours / t_base:.2f}  (goal <= 1.5)")
 
 

@@ -11,25 +11,14 @@ Multi-frame files without per-frame positions (ultrasound cine, ...) are read as
 
 from __future__ import annotations
 
-import io
-import os
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-import pydicom
 from PIL import Image
 from pydicom.dataset import Dataset
-from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from medsam3.io.body_region import region_of_dicom
-from medsam3.io.common import (
-    ReadError,
-    bytes_digest,
-    combine_digests,
-    environment_cause,
-    scrub_identifiers,
-)
+from medsam3.io.common import ReadError, combine_digests, environment_cause, scrub_identifiers
 from medsam3.io.dicom_geometry import (
     MISSING_SLICES,
     plane_from_single,
@@ -37,6 +26,7 @@ from medsam3.io.dicom_geometry import (
     rescale,
     stack_planes,
 )
+from medsam3.io.dicom_load import LoadedFile, load_images, n_frames, native_pixels
 from medsam3.io.image import MedImage
 from medsam3.io.video import dicom_frame_rate, video_image
 
@@ -50,7 +40,6 @@ PLANAR = {"xray", "ultrasound", "endoscopy", "fundus", "dermoscopy", "histopatho
 VIDEO_CODES = {"US", "IVUS", "ES", "XA", "RF", "XC", "GM"}
 TIMING_TAGS = ("FrameTime", "FrameTimeVector", "CineRate", "RecommendedDisplayFrameRate")
 DICOM_SUFFIXES = {".dcm", ".dicom", ".ima"}
-PIXEL_TAGS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 TRUNCATED_SLICES = "image file(s) without pixel data"  # in the warning of read_dicom
 
 
@@ -74,51 +63,15 @@ def map_modality(code: str | None) -> str | None:
     return MODALITY_MAP.get(str(code or "").strip().upper())
 
 
-def load_dataset(path: Path, header_only: bool = False) -> tuple[Dataset, str]:
-    """Read one DICOM file (bytes read once) and return it with its sha256 digest.
-
-    Args:
-        path: DICOM file.
-        header_only: stop before the pixel data (the digest is then "").
-
-    Returns:
-        (dataset, sha256 hex digest of the file bytes).
-    """
-    try:
-        if header_only:
-            return pydicom.dcmread(path, stop_before_pixels=True, force=True), ""
-        data = path.read_bytes()
-        ds = pydicom.dcmread(io.BytesIO(data), force=True)
-    except Exception as exc:  # pydicom raises many types for damaged files
-        raise ReadError(
-            f"{path}: not a readable DICOM file ({scrub_identifiers(exc)}); "
-            "re-export it or remove it"
-        ) from exc
-    meta_class = getattr(getattr(ds, "file_meta", None), "MediaStorageSOPClassUID", None)
-    if "SOPClassUID" not in ds and "Rows" not in ds and meta_class is None:
-        raise ReadError(f"{path}: not a DICOM file (no SOP class, no image size); remove it")
-    return ds, bytes_digest(data)
-
-
 def misses_slices(warnings: list[str] | tuple[str, ...]) -> bool:
     """True when a series' reader warnings say that slices are missing: a gap along the slice
     normal (``dicom_geometry.spacing_warnings``) or image files without pixel data."""
     return any(w.startswith(MISSING_SLICES) or TRUNCATED_SLICES in w for w in warnings)
 
 
-def has_pixel_data(ds: Dataset) -> bool:
-    """True when a dataset holds pixel data (an image, not a DICOMDIR or a report)."""
-    return any(t in ds for t in PIXEL_TAGS)
-
-
 def series_key(ds: Dataset) -> tuple[str, str]:
     """(StudyInstanceUID, SeriesInstanceUID) of a dataset ("" where missing)."""
     return str(ds.get("StudyInstanceUID", "")), str(ds.get("SeriesInstanceUID", ""))
-
-
-def n_frames(ds: Dataset) -> int:
-    """NumberOfFrames (1 when absent)."""
-    return int(ds.get("NumberOfFrames", 1) or 1)
 
 
 def has_frame_positions(ds: Dataset) -> bool:
@@ -147,30 +100,6 @@ def dicom_kind(ds: Dataset, n_files: int = 1) -> str:
     planar = map_modality(ds.get("Modality")) in PLANAR or int(ds.get("SamplesPerPixel", 1)) > 1
     has_geometry = "ImagePositionPatient" in ds and "ImageOrientationPatient" in ds
     return "image" if planar or not has_geometry else "volume"
-
-
-def native_pixels(ds: Dataset) -> np.ndarray | None:
-    """Read-only zero-copy (y, x) view of uncompressed little-endian MONOCHROME2 8/16-bit
-    single-frame pixels whose stored bits fill the allocated bits; None for anything else
-    (then ``decode_pixels`` is used)."""
-    syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
-    simple = (
-        syntax in (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
-        and "PixelData" in ds
-        and n_frames(ds) == 1
-        and int(ds.get("SamplesPerPixel", 1)) == 1
-        and str(ds.get("PhotometricInterpretation", "")) == "MONOCHROME2"
-        and ds.get("BitsAllocated") in (8, 16)
-        and ds.get("BitsStored") == ds.get("BitsAllocated")
-    )
-    if not simple:
-        return None
-    bits, signed = int(ds.BitsAllocated), int(ds.get("PixelRepresentation", 0)) == 1
-    dtype = np.dtype(f"<{'i' if signed else 'u'}{bits // 8}")
-    rows, cols = int(ds.Rows), int(ds.Columns)
-    if len(ds.PixelData) < rows * cols * dtype.itemsize:
-        return None  # truncated: decode_pixels reports it
-    return np.frombuffer(ds.PixelData, dtype, rows * cols).reshape(rows, cols)
 
 
 def _ybr_to_rgb(arr: np.ndarray) -> np.ndarray:
@@ -298,14 +227,14 @@ def read_dicom(paths: list[Path], where: str, ignored: int = 0) -> MedImage:
     Raises:
         ReadError: unreadable files, several series, inconsistent slices.
     """
-    loaded, skipped, truncated = _load_images(paths, where)
-    keys = {series_key(ds) for ds, _ in loaded}
+    loaded, skipped, truncated = load_images(paths, where)
+    keys = {series_key(f.ds) for f in loaded}
     if len(keys) > 1:
         raise ReadError(
             f"{where}: found {len(keys)} DICOM series; point to one series folder, or run "
             f"`medsam3 discover {where} -o cohort.csv` to list each series as its own row"
         )
-    first = loaded[0][0]
+    first = loaded[0].ds
     if len(loaded) == 1:
         kind, fields = read_single(first, where)
     else:
@@ -328,42 +257,27 @@ def read_dicom(paths: list[Path], where: str, ignored: int = 0) -> MedImage:
         body_region=region,
         body_region_source=region_source,
         units="HU" if modality == "ct" and kind == "volume" else None,
-        source_digest=combine_digests(d for _, d in loaded),
+        source_digest=combine_digests(f.digest for f in loaded),
         **fields,
     )
 
 
-def _load_images(paths: list[Path], where: str) -> tuple[list[tuple[Dataset, str]], int, int]:
-    """Load every file; drop DICOM files without pixel data.
-
-    Returns:
-        ([(dataset, digest)] of image files, number of non-image DICOM files dropped
-        (DICOMDIR, reports), number of image files (with Rows) without pixel data dropped:
-        truncated slices).
-    """
-    workers = min(4, os.cpu_count() or 1, len(paths))
-    with ThreadPoolExecutor(max_workers=workers) as pool:  # file reads and hashing overlap
-        loaded = list(pool.map(load_dataset, paths))
-    images = [(ds, d) for ds, d in loaded if has_pixel_data(ds)]
-    if not images:
-        raise ReadError(f"{where}: no DICOM file with pixel data; point to an image series")
-    truncated = sum(1 for ds, _ in loaded if not has_pixel_data(ds) and "Rows" in ds)
-    return images, len(loaded) - len(images) - truncated, truncated
-
-
-def _read_stack(loaded: list[tuple[Dataset, str]], where: str) -> dict:
+def _read_stack(loaded: list[LoadedFile], where: str) -> dict:
     """Volume fields of a series of single-frame files (see ``stack_planes``)."""
-    if any(n_frames(ds) > 1 for ds, _ in loaded):
+    if any(n_frames(f.ds) > 1 for f in loaded):
         raise ReadError(
             f"{where}: the series holds several multi-frame files; read each file on its own "
             f"(`medsam3 discover {where}` lists them as separate rows)"
         )
     planes, warnings = [], []
-    for ds, _ in loaded:
-        pixels = native_pixels(ds)
+    for f in loaded:
+        if f.plane is not None:  # taken while loading
+            planes.append(f.plane)
+            continue
+        pixels = native_pixels(f.ds)
         if pixels is None:
-            pixels = decode_pixels(ds, where, warnings)
-        planes.append(plane_from_single(ds, pixels))
+            pixels = decode_pixels(f.ds, where, warnings)
+        planes.append(plane_from_single(f.ds, pixels))
     fields = stack_planes(planes, where)
     fields["warnings"] = sorted(set(warnings)) + fields["warnings"]
     return fields

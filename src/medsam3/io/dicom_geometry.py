@@ -108,8 +108,8 @@ def rescale(stack: np.ndarray, slopes: np.ndarray, intercepts: np.ndarray) -> np
     """
     if np.all(slopes == 1) and np.all(intercepts == 0):
         return stack
-    integral = np.all(slopes == np.round(slopes)) and np.all(intercepts == np.round(intercepts))
-    if integral and stack.dtype.kind in "iu" and _fits_int16(stack, slopes, intercepts):
+    lo, hi = (float(stack.min()), float(stack.max())) if stack.dtype.kind in "iu" else (0, 0)
+    if _integral(stack, slopes, intercepts) and _fits_int16(lo, hi, slopes, intercepts):
         if stack.dtype == np.int16 and stack.flags.writeable:
             out = stack
         else:
@@ -121,9 +121,57 @@ def rescale(stack: np.ndarray, slopes: np.ndarray, intercepts: np.ndarray) -> np
     return out
 
 
-def _fits_int16(stack: np.ndarray, slopes: np.ndarray, intercepts: np.ndarray) -> bool:
-    """True when stored values, products and results all stay within int16."""
-    lo, hi = float(stack.min()), float(stack.max())
+def stack_rescaled(
+    frames: list[np.ndarray], slopes: np.ndarray, intercepts: np.ndarray
+) -> np.ndarray:
+    """``rescale(np.stack(frames), slopes, intercepts)`` in one pass over the frames.
+
+    Each frame is copied, rescaled and measured while it is in the cache; the int16 result
+    is kept when the measured range proves it exact, else the frames are stacked again as
+    float32 (rare: stored values near the int16 limits).
+
+    Args:
+        frames: n stored-value frames of one shape ((y, x) or (y, x, c)), in volume order.
+        slopes, intercepts: (n,) RescaleSlope / RescaleIntercept of the frames.
+
+    Returns:
+        (n, ...) modality values, with the dtype and values that ``rescale`` gives.
+    """
+    if np.all(slopes == 1) and np.all(intercepts == 0):
+        return _fill(frames, frames[0].dtype, slopes, intercepts, apply=False)[0]
+    if _integral(frames[0], slopes, intercepts):
+        out, lo, hi = _fill(frames, np.dtype(np.int16), slopes, intercepts, apply=True)
+        if _fits_int16(lo, hi, slopes, intercepts):
+            return out
+    return _fill(frames, np.dtype(np.float32), slopes, intercepts, apply=True)[0]
+
+
+def _fill(frames, dtype: np.dtype, slopes, intercepts, apply: bool):
+    """(stack of ``frames`` as ``dtype``, rescaled in place if ``apply``; lowest and highest
+    stored value, measured on integer frames only)."""
+    out = np.empty((len(frames), *frames[0].shape), dtype)
+    slopes, intercepts = slopes.astype(dtype), intercepts.astype(dtype)
+    lo, hi, measure = np.inf, -np.inf, apply and dtype == np.int16
+    for k, frame in enumerate(frames):
+        plane = out[k]
+        np.copyto(plane, frame, casting="unsafe")
+        if apply and slopes[k] != 1:
+            plane *= slopes[k]
+        if apply and intercepts[k] != 0:
+            plane += intercepts[k]
+        if measure:
+            lo, hi = min(lo, float(frame.min())), max(hi, float(frame.max()))
+    return out, lo, hi
+
+
+def _integral(stack: np.ndarray, slopes: np.ndarray, intercepts: np.ndarray) -> bool:
+    """Integer stored values and whole slopes and intercepts (an int16 result may be exact)."""
+    whole = np.all(slopes == np.round(slopes)) and np.all(intercepts == np.round(intercepts))
+    return bool(whole and stack.dtype.kind in "iu")
+
+
+def _fits_int16(lo: float, hi: float, slopes: np.ndarray, intercepts: np.ndarray) -> bool:
+    """True when stored values ``lo``..``hi``, products and results all stay within int16."""
     values = np.concatenate([[lo, hi], lo * slopes, hi * slopes])
     values = np.concatenate([values, lo * slopes + intercepts, hi * slopes + intercepts])
     return bool(values.min() >= -32768 and values.max() <= 32767)
@@ -260,14 +308,10 @@ def stack_planes(planes: list[Plane], where: str, thickness: float = 1.0) -> dic
     if ps is None:
         ps, unit = (1.0, 1.0), "pixel"
         warnings.append("no PixelSpacing: in-plane spacing is 1 per pixel (sizes in voxels)")
-    first = planes[0].pixels
-    stack = np.empty((len(planes), *first.shape), first.dtype)
-    for i, k in enumerate(order):
-        stack[i] = planes[k].pixels
     slopes = np.array([planes[k].slope for k in order])
     intercepts = np.array([planes[k].intercept for k in order])
     return {
-        "array": rescale(stack, slopes, intercepts),
+        "array": stack_rescaled([planes[k].pixels for k in order], slopes, intercepts),
         "spacing": (float(ps[1]), float(ps[0]), dz),
         "origin": tuple(float(v) for v in pos[order[0]]),
         "direction": tuple(float(v) for v in np.column_stack([row, col, normal]).ravel()),

@@ -15,8 +15,8 @@ import pydicom
 from pydicom.sr.codedict import codes
 
 from medsam3.io.atomic import atomic_path
-from medsam3.io.dicom import has_pixel_data
 from medsam3.io.dicom_geometry import order_along_normal
+from medsam3.io.dicom_load import has_pixel_data
 from medsam3.types import PathLikeStr
 
 _ABNORMAL = {"Neoplasm", "Tumor", "Lesion", "Nodule", "Mass", "Cyst", "Polyp", "Calculus"}

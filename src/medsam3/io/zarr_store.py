@@ -22,7 +22,8 @@ Any NGFF reader opens a store: ``napari --plugin napari-ome-zarr results/zarr/<s
 
 Arrays are chunked one slice/frame per chunk (512 x 512 tiles for big 2D images), compressed
 with Blosc LZ4 after bit shuffling, and sharded (up to 64 slices per shard) so a cohort has few
-files; the shards of an array are written in parallel.
+files; the shards of an array are written in parallel (``io.zarr_shards`` builds the shard
+files of volumes and videos directly, the files zarr-python would write).
 Writes are atomic: everything goes to a hidden temporary sibling that is renamed into place,
 so an interrupted run never leaves a store (or label) that looks complete.
 """
@@ -39,7 +40,7 @@ import zarr
 from zarr.codecs import BloscCodec, BloscShuffle
 
 from medsam3._version import __version__
-from medsam3.io import ngff
+from medsam3.io import ngff, zarr_shards
 from medsam3.io.atomic import temporary_name, write_json_atomic
 from medsam3.io.common import ReadError, environment_cause
 from medsam3.io.image import MedImage
@@ -128,6 +129,10 @@ def _write_array(target: Path, data: np.ndarray, kind: str, names: tuple[str, ..
         dimension_names=names,
         zarr_format=3,
     )
+    codec = zarr_shards.slice_codec(arr)
+    if codec is not None:  # volumes and videos: shard files built directly, byte for byte
+        zarr_shards.write_slices(arr, data, codec, WRITERS)
+        return
     starts = range(0, data.shape[0], shards[0])
     if len(starts) == 1:
         arr[...] = data

@@ -23,7 +23,8 @@ import SimpleITK as sitk
 
 from medsam3.io.atomic import write_text_atomic
 from medsam3.io.common import ReadError
-from medsam3.io.dicom import dicom_kind, is_dicom_file, load_dataset, map_modality, series_key
+from medsam3.io.dicom import dicom_kind, is_dicom_file, map_modality, series_key
+from medsam3.io.dicom_load import load_dataset
 from medsam3.io.formats import IMAGE_SUFFIXES, SITK_SUFFIXES, suffix_of
 from medsam3.io.video import VIDEO_SUFFIXES
 from medsam3.pipeline.cohort import DEFAULT_SALT, derive_study_id

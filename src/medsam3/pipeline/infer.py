@@ -10,6 +10,8 @@ NIfTI per study with ``nifti-ml``), and write the study's segments rows to its p
 (``Layout.segments_part``).
 A study that fails on its input is recorded in the shard status and the shard goes on; an
 environment error (disk full, read-only folder, I/O, memory) fails the job instead.
+The next study's store is read in a background thread (``io.prefetch``, one study ahead)
+while a study is segmented; a read error is raised, and recorded, as the study's own.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import logging
 import time
 import traceback
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +32,7 @@ from medsam3.io.common import EnvironmentFailure, concept_slug, environment_caus
 from medsam3.io.dicom import misses_slices
 from medsam3.io.image import MedImage
 from medsam3.io.masks import write_concept_masks, write_multilabel_nifti
+from medsam3.io.prefetch import Fetched, prefetch
 from medsam3.io.zarr_store import (
     delete_label,
     list_labels,
@@ -57,6 +61,7 @@ from medsam3.reports.schemas import AGENT_TRACE_SCHEMA, PROVENANCE_SCHEMA, SEGME
 from medsam3.reports.tables import segment_rows, write_parquet_atomic
 
 log = logging.getLogger("medsam3.pipeline.infer")
+PREFETCH_STUDIES = 1  # stores read ahead while a study is segmented (host memory: one more)
 RAW_SUFFIX = "__raw"  # label of the backend's own mask where the agent changed it
 AGENT_KEYS = ("critic_score", "agent_rounds", "review", "agent_action")
 
@@ -169,13 +174,20 @@ def _export(
     )
 
 
-def segment_study(study: Study, model: Segmenter, settings: SegmentSettings) -> StudyStatus:
+def segment_study(
+    study: Study,
+    model: Segmenter,
+    settings: SegmentSettings,
+    stored: Fetched[Study, MedImage | None] | None = None,
+) -> StudyStatus:
     """Segment one ingested study; store labels, exports and its segments part.
 
     Args:
         study: cohort row.
         model: loaded segmenter.
         settings: the segment job's settings (output folder, default concepts, exports).
+        stored: the study's store as read ahead (:func:`read_stored`); its read error, if
+            any, is raised where the store would have been read. None: read it now.
 
     Returns:
         The study's record: status "ok" with its concepts, those computed now and its modality
@@ -188,7 +200,9 @@ def segment_study(study: Study, model: Segmenter, settings: SegmentSettings) -> 
         return StudyStatus(study.study_id, "segment", "skipped", error="ingest failed")
     remove_stale_study_files(layout, study.study_id)
     store = layout.store(study.study_id)
-    image = read_study(store)
+    image = stored.get() if stored is not None else None  # raises the read-ahead's error
+    if image is None:
+        image = read_study(store)
     choice = choose_modality(image, model)
     image.modality = choice.modality
     record = StudyStatus(
@@ -301,13 +315,7 @@ def segment_shard(name: str, studies: list[Study], settings: SegmentSettings) ->
     )
     model = wrap(model, settings.agent)
     load_s = time.time() - start
-    records = []
-    for i, study in enumerate(studies, start=1):
-        log.info("segment %s (%s, study %d of %d): started", study.study_id, name, i, len(studies))
-        t0 = time.time()
-        records.append(_segment_safely(study, model, settings))
-        records[-1].seconds = time.time() - t0
-        log.info(progress_line(name, i, len(studies), records[-1]))
+    records = segment_studies(name, studies, model, settings)
     prov = provenance_row(
         f"segment/{name}",
         model.name,
@@ -322,6 +330,36 @@ def segment_shard(name: str, studies: list[Study], settings: SegmentSettings) ->
     status = JobStatus("segment", name, records, model_load_s=load_s)
     write_status(layout.status("segment", name), status)
     return status
+
+
+def segment_studies(
+    name: str, studies: list[Study], model: Segmenter, settings: SegmentSettings
+) -> list[StudyStatus]:
+    """Segment studies one after the other, each store read while the one before is segmented.
+
+    Args:
+        name: the shard's name (for the progress lines).
+        studies: cohort rows.
+        model: the loaded segmenter.
+        settings: the segment job's settings.
+
+    Returns:
+        One record per study, in order, with its seconds (input failures recorded).
+
+    Raises:
+        EnvironmentFailure: the machine failed (the read-ahead thread is stopped first).
+    """
+    records, n = [], len(studies)
+    ahead = prefetch(studies, lambda s: read_stored(s, settings), PREFETCH_STUDIES)
+    with closing(ahead):
+        for i, stored in enumerate(ahead, start=1):
+            study = stored.item
+            log.info("segment %s (%s, study %d of %d): started", study.study_id, name, i, n)
+            t0 = time.time()
+            records.append(_segment_safely(study, model, settings, stored))
+            records[-1].seconds = time.time() - t0
+            log.info(progress_line(name, i, n, records[-1]))
+    return records
 
 
 def progress_line(shard: str, index: int, total: int, record: StudyStatus) -> str:
@@ -347,14 +385,37 @@ def _model_kwargs(model: ModelSettings) -> dict:
     return kwargs
 
 
-def _segment_safely(study: Study, model: Segmenter, settings: SegmentSettings) -> StudyStatus:
+def read_stored(study: Study, settings: SegmentSettings) -> MedImage | None:
+    """A study's stored image, to read ahead of segmenting it.
+
+    Args:
+        study: cohort row.
+        settings: the segment job's settings (its output folder).
+
+    Returns:
+        The image (``read_study``); None when the study's ingest did not succeed
+        (:func:`segment_study` skips it without reading).
+
+    Raises:
+        ReadError: the store is missing or incomplete (any read error, as ``read_study``).
+    """
+    ingest = read_status(settings.layout.status("ingest", study.study_id)).studies[0]
+    return read_study(settings.layout.store(study.study_id)) if ingest.status == "ok" else None
+
+
+def _segment_safely(
+    study: Study,
+    model: Segmenter,
+    settings: SegmentSettings,
+    stored: Fetched[Study, MedImage | None] | None = None,
+) -> StudyStatus:
     """:func:`segment_study`, with an input failure recorded instead of raised.
 
     Raises:
         EnvironmentFailure: an environment error (the message hides source paths).
     """
     try:
-        return segment_study(study, model, settings)
+        return segment_study(study, model, settings, stored)
     except Exception as exc:  # noqa: BLE001 - a failed study is recorded, the shard goes on
         error = _hide(study, settings, f"{type(exc).__name__}: {exc}")
         if environment_cause(exc):
