@@ -90,3 +90,22 @@ def test_volume_end_to_end_on_mni_slab(model):
         for inst in r.instances:
             assert len(inst.box) == 6
     assert res["polyp"].presence < model.presence_threshold
+
+
+def test_blank_slices_are_not_encoded_and_score_zero(model):
+    """A brain slab after two blank slices (a single grey level, as air or zero padding):
+    the blank slices get presence 0 and no mask (the head alone scores a blank plane about
+    0.59 for "brain"), the brain slices the same as without them."""
+    from nilearn.datasets import load_mni152_template
+
+    vol = load_mni152_template(resolution=2).get_fdata().astype(np.float32)
+    mid = vol.shape[2] // 2
+    brain = np.stack([np.rot90(vol[:, :, z]) for z in range(mid - 1, mid + 2)])
+    stack = np.concatenate([np.zeros_like(brain[:2]), brain])
+    with_blank = model.segment(stack, ["brain"], modality="mri", kind="volume")["brain"]
+    alone = model.segment(brain, ["brain"], modality="mri", kind="volume")["brain"]
+    assert with_blank.extra["blank_slices"] == [0, 1] and alone.extra["blank_slices"] == []
+    assert with_blank.extra["presence_per_slice"][:2] == [0.0, 0.0]
+    assert not with_blank.mask[:2].any() and with_blank.mask[2:].any(axis=(1, 2)).all()
+    assert (with_blank.mask[2:] == alone.mask).all()
+    assert with_blank.presence == pytest.approx(alone.presence)

@@ -121,18 +121,22 @@ def segment_compact_stack(
 
     Returns:
         phrase -> ConceptResult with (z, y, x) / (t, y, x) uint8 masks, 3D instances and
-        extra["presence_per_slice"].
+        extra["presence_per_slice"], ["detected_slices"] and ["blank_slices"]: slices of a
+        single grey level (air above the head, zero padding), which are not encoded and get
+        presence 0 (the head, never trained on one, scores a blank plane near 0.5).
     """
     planes, rng = _planes(stack, kind, modality)
     n = len(planes)
     pres = {p: np.zeros(n) for p in phrases}
-    detected = {p: [] for p in phrases}
+    detected = {p: [np.zeros(plane.shape[:2], bool) for plane in planes] for p in phrases}
     states: dict[tuple[str, int], object] = {}
     jobs = [
         (z, rgb, group)
         for z, plane in enumerate(planes)
         for rgb, group in model.plane_rgb_groups(plane, phrases, modality, rng)
     ]
+    blank = {(z, tuple(group)) for z, rgb, group in jobs if rgb.min() == rgb.max()}
+    jobs = [(z, rgb, group) for z, rgb, group in jobs if (z, tuple(group)) not in blank]
     for start in range(0, len(jobs), ENCODE_CHUNK):  # batched encoder passes, bounded memory
         part = jobs[start : start + ENCODE_CHUNK]
         for (z, _rgb, group), state in zip(
@@ -143,9 +147,7 @@ def segment_compact_stack(
                 pres[p][z] = presence[k]
                 states[(p, z)] = state
                 if presence[k] >= min(extend_threshold, model.presence_threshold):
-                    detected[p].append(model.refine(state, dense[k], p))
-                else:
-                    detected[p].append(np.zeros(state.prep.original, bool))
+                    detected[p][z] = model.refine(state, dense[k], p)
             state.feats = {}  # keep only what the decoder needs
     results = {}
     for p in phrases:
@@ -167,6 +169,7 @@ def segment_compact_stack(
             extra={
                 "presence_per_slice": [round(float(v), 4) for v in pres[p]],
                 "detected_slices": [i for i, m in enumerate(detected[p]) if m.any()],
+                "blank_slices": sorted(z for z, group in blank if p in group),
             },
         )
     return results
