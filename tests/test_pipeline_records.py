@@ -133,5 +133,5 @@ def test_nested_config_strings_from_the_command_line_are_typed_by_the_schema():
     minimal = {"cohort": "c", "outdir": "o", "study_id_salt": "s", "shard_size": 3}
     minimal["model"] = {"backend": "compact"}
     assert SegmentSettings.from_config(_validated(minimal | config)).agent["max_rounds"] == 1
-    off = typed_config(parse_config(["agent={mode: off, max_rounds: two}"]), schema)
-    assert off["agent"] == {"mode": "off", "max_rounds": "two"}  # left for the schema to refuse
+    off = typed_config(parse_config(["agent={mode: off, max_rounds: two, accept: '[0'}"]), schema)
+    assert off["agent"] == {"mode": "off", "max_rounds": "two", "accept": "[0"}  # schema refuses

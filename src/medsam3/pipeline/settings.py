@@ -126,6 +126,9 @@ class SegmentSettings(_JobSettings):
         return params
 
 
+_SCALAR_TYPES = {"integer": int, "number": (int, float), "boolean": bool}
+
+
 def typed_config(config: Any, schema: Mapping[str, Any]) -> Any:
     """``config`` with the strings that ``snakemake --config`` leaves in nested values typed.
 
@@ -148,15 +151,15 @@ def typed_config(config: Any, schema: Mapping[str, Any]) -> Any:
         return [typed_config(v, schema.get("items", {})) for v in config]
     wanted = schema.get("type")
     if isinstance(config, str) and isinstance(wanted, str) and wanted in _SCALAR_TYPES:
-        value = yaml.safe_load(config) if config.strip() else None
+        try:
+            value = yaml.safe_load(config)
+        except yaml.YAMLError:
+            return config
         if isinstance(value, _SCALAR_TYPES[wanted]) and not (
             wanted != "boolean" and isinstance(value, bool)
         ):
             return value
     return config
-
-
-_SCALAR_TYPES = {"integer": int, "number": (int, float), "boolean": bool}
 
 
 def _agent(config: Mapping[str, Any]) -> dict[str, Any] | None:
