@@ -38,9 +38,18 @@ from medsam3.models.sam3 import build_random_sam3
 
 SIZES = {  # images, image side, slices, slice side, studies in the shard
     "tiny": dict(images=1, side=96, slices=2, slice_side=64, studies=2),
-    "full": dict(images=32, side=512, slices=100, slice_side=240, studies=8),
+    "full": dict(images=32, side=512, slices=100, slice_side=240, studies=4),
 }
 CONCEPTS = ["liver"]
+
+
+class Rows(list):
+    """Measured (backend, measurement, value) rows, each printed as it comes (a run cut short
+    by its time limit still shows what it measured)."""
+
+    def append(self, row: tuple[str, str, object]) -> None:
+        super().append(row)
+        print(f"measured: {row}", flush=True)
 
 
 def sync(device: torch.device) -> None:
@@ -98,6 +107,41 @@ def bare_sam3(seg, planes: list[np.ndarray]) -> None:
             )
 
 
+def volume_planes(volume: np.ndarray) -> list[np.ndarray]:
+    """The volume's slices as the (y, x, 3) uint8 planes both backends encode."""
+    from medsam3.models.preprocess import to_uint8_rgb, volume_intensity_range
+
+    span = volume_intensity_range(volume)
+    return [to_uint8_rgb(p, "mri", CONCEPTS[0], span) for p in volume]
+
+
+def compact_frames(model, planes: list[np.ndarray]) -> torch.Tensor:
+    """The planes as prepared (B, 3, 256, 256) frames on the model's device."""
+    from medsam3.models.litemedsam import prepare_image
+
+    return torch.cat([prepare_image(p).tensor for p in planes]).to(model.device)
+
+
+def bare_compact_encoder(model, frames: torch.Tensor, bf16: bool = False) -> torch.Tensor:
+    """LiteMedSAM's image encoder alone over prepared frames, in the model's encode batches
+    (no head, no host copies); bf16: under CUDA autocast. Returns the last batch's output."""
+    batch = model.encode_batch or len(frames)
+    with torch.inference_mode(), torch.autocast("cuda", torch.bfloat16, enabled=bf16):
+        for start in range(0, len(frames), batch):
+            out = model.sam.encode_frames(frames[start : start + batch])
+    return out.float()
+
+
+def bf16_rows(model, device, frames: torch.Tensor, rows: list) -> None:
+    """Compact encoder under bf16 autocast: slices/s and its relative error against float32."""
+    n = len(frames)
+    t, out = timed(device, bare_compact_encoder, model, frames, True)
+    rows.append(("compact", "slices/s, bare encoder forward, bf16 autocast", n / t))
+    ref = bare_compact_encoder(model, frames)
+    rel = float((out - ref).norm() / ref.norm())
+    rows.append(("compact", "bf16 vs float32 embedding, relative error", rel))
+
+
 def shard_pipeline(model, images, volume, studies: int) -> tuple[float, float]:
     """(pipeline seconds over a shard via segment_studies, model.segment seconds, same arrays)."""
     from medsam3.pipeline.cohort import Study
@@ -149,14 +193,19 @@ def measure(name: str, model, device, images, volume, size, rows: list) -> None:
             model.volume_mode = mode
         t, _ = timed(device, model.segment, volume, CONCEPTS, "mri", None, None, None, "volume")
         rows.append((name, f"slices/s, model.segment{f' {mode}' if mode else ''}", n_sl / t))
+    planes = volume_planes(volume)
     if name == "sam3":
-        from medsam3.models.preprocess import to_uint8_rgb, volume_intensity_range
-
-        span = volume_intensity_range(volume)
-        planes = [to_uint8_rgb(p, "mri", CONCEPTS[0], span) for p in volume]
         t, _ = timed(device, bare_sam3, model, planes)
         rows.append((name, "slices/s, bare forward (batched)", n_sl / t))
         model.volume_mode = "per_slice"
+    else:
+        t, _ = timed(device, model.encode_planes, planes, "mri")
+        rows.append((name, "slices/s encoded (encode_planes: encoder + head features)", n_sl / t))
+        frames = compact_frames(model, planes)
+        t, _ = timed(device, bare_compact_encoder, model, frames)
+        rows.append((name, "slices/s, bare encoder forward (batched)", n_sl / t))
+        if device.type == "cuda":
+            bf16_rows(model, device, frames, rows)
     pipe, bare = shard_pipeline(model, images, volume, size["studies"])
     label = f"shard of {size['studies']}: pipeline throughput / model.segment"
     rows.append((name, label, bare / pipe))
@@ -202,7 +251,7 @@ def main() -> None:
     dtype = args.dtype or ("bfloat16" if device.type == "cuda" else "float32")
     size = SIZES[args.scale]
     images, volume = inputs(size)
-    rows: list[tuple[str, str, object]] = []
+    rows = Rows()
     if "sam3" in args.backends:
         seg = build_random_sam3(args.scale, seed=0, dtype=dtype, device=str(device),
                                 score_threshold=0.5, volume_mode="per_slice")  # fmt: skip

@@ -23,4 +23,5 @@ def test_gpu_benchmark_runs_on_cpu_at_tiny_scale():
                 "slices/s, bare forward (batched)"):  # fmt: skip
         assert f"| sam3 | {row}" in table, table
     assert "pipeline throughput / model.segment" in table
-    assert "| compact |" in table  # measured, or skipped with the device's reason
+    assert "| compact | slices/s, bare encoder forward (batched)" in table
+    assert "measured: ('sam3', 'images/s, model.segment'" in res.stdout  # printed as it comes

@@ -11,7 +11,6 @@ import json
 import re
 from pathlib import Path
 
-import av
 import numpy as np
 from pydicom.dataset import Dataset
 
@@ -69,6 +68,8 @@ def video_image(
 
 def _decode(path: Path) -> tuple[list[np.ndarray], float | None]:
     """Decode every frame of the first video stream as RGB; return (frames, fps)."""
+    import av  # PyAV (FFmpeg) is imported only where a video is decoded
+
     with av.open(str(path)) as container:
         if not container.streams.video:
             raise ReadError(f"{path}: no video stream found; give a video file (mp4, avi, mov)")
@@ -91,6 +92,8 @@ def read_video(path: Path) -> MedImage:
     Raises:
         ReadError: the file is not a decodable video or has no frames.
     """
+    import av
+
     try:
         frames, rate = _decode(path)
     except ReadError:
