@@ -11,9 +11,13 @@ With ``--baseline-checkpoint HEAD`` the compact backend is also timed with anoth
 (e.g. the previously shipped one: ``git show <commit>:src/medsam3/weights/compact_head.safetensors``
 and its ``.json``) in the same run, and the ratios current / baseline are printed.
 
+With ``--key-spacing MM`` the 5-concept volume is also timed encoding key slices every MM mm
+and interpolating between (compact; needs the real slice spacing, so use ``--slices 100``).
+
 Usage:
     python benchmarks/segment.py [--backends compact,sam3] [--scale tiny] [--slices 4]
                                  [--refine-baseline] [--baseline-checkpoint HEAD]
+                                 [--key-spacing MM]
 """
 
 from __future__ import annotations
@@ -40,13 +44,15 @@ def real_image() -> np.ndarray:
     return ds.pixel_array.astype(np.float32) * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
 
 
-def real_volume(n: int) -> np.ndarray:
-    """n axial slices of the nilearn MNI152 template (ships with nilearn), (z, y, x) float32."""
+def real_volume(n: int) -> tuple[np.ndarray, tuple[float, float, float]]:
+    """n axial slices of the nilearn MNI152 template (1 mm, ships with nilearn), evenly spread
+    over the head: (z, y, x) float32 and its (x, y, z) spacing in mm (100 slices: 1.6 mm)."""
     from nilearn.datasets import load_mni152_template
 
     vol = load_mni152_template().get_fdata().astype(np.float32)
     zs = np.linspace(20, vol.shape[2] - 20, n).astype(int)
-    return np.stack([np.rot90(vol[:, :, z]) for z in zs])
+    step = float(zs[-1] - zs[0]) / max(1, n - 1)
+    return np.stack([np.rot90(vol[:, :, z]) for z in zs]), (1.0, 1.0, step)
 
 
 def timed(fn, repeats: int = 2) -> float:
@@ -59,18 +65,22 @@ def timed(fn, repeats: int = 2) -> float:
     return best
 
 
-def bench(model, name: str, slices: int, refine_baseline: bool = False) -> dict:
+def bench(
+    model, name: str, slices: int, refine_baseline: bool = False, key_spacing: float | None = None
+) -> dict:
     """Time one backend: 1 vs 8 concepts on a 2D image (MRI modality: one encoding), volume.
 
-    With ``refine_baseline`` (compact), the volume is also timed with every mask component
-    refined by the decoder (``refine_min_share = 0``, the behaviour before it existed).
+    The volume timings encode every slice (no spacing given). With ``refine_baseline``
+    (compact), the volume is also timed with every mask component refined by the decoder
+    (``refine_min_share = 0``, the behaviour before it existed). With ``key_spacing`` (compact),
+    the 5-concept volume is also timed with its spacing and key slices every that many mm.
     """
     img = real_image()
     model.segment(img, CONCEPTS[:1], modality="mri")  # warm-up (text encoder, threads)
     one = timed(lambda: model.segment(img, CONCEPTS[:1], modality="mri"))
     unnamed = timed(lambda: model.segment(img, CONCEPTS[:1]))  # modality recognised, if it can
     eight = timed(lambda: model.segment(img, CONCEPTS, modality="mri"))
-    vol = real_volume(slices)
+    vol, spacing = real_volume(slices)
     t_vol = timed(lambda: model.segment(vol, ["brain"], modality="mri", kind="volume"), 1)
     t_vol5 = timed(lambda: model.segment(vol, BRAIN_CONCEPTS, modality="mri", kind="volume"), 1)
     out = {
@@ -89,6 +99,15 @@ def bench(model, name: str, slices: int, refine_baseline: bool = False) -> dict:
         model.refine_min_share = saved
         out["s_per_100_slice_volume_refine_all"] = round(t_all * 100 / slices, 1)
         out["volume_speedup_vs_refine_all"] = round(t_all / t_vol, 2)
+    if key_spacing and hasattr(model, "key_spacing_mm"):
+        saved, model.key_spacing_mm = model.key_spacing_mm, key_spacing
+        t_key = timed(
+            lambda: model.segment(vol, BRAIN_CONCEPTS, "mri", spacing=spacing, kind="volume"), 1
+        )
+        model.key_spacing_mm = saved
+        out["key_spacing_mm"], out["slice_spacing_mm"] = key_spacing, round(spacing[2], 2)
+        out["s_per_100_slice_volume_5_concepts_keyed"] = round(t_key * 100 / slices, 1)
+        out["keyed_speedup"] = round(t_vol5 / t_key, 2)
     print(json.dumps(out))
     return out
 
@@ -119,6 +138,12 @@ def main() -> None:
         default=None,
         help="compact: also time this concept head (same run) and print current / baseline",
     )
+    ap.add_argument(
+        "--key-spacing",
+        type=float,
+        default=None,
+        help="compact: also time the 5-concept volume encoded every MM mm (use --slices 100)",
+    )
     args = ap.parse_args()
     torch.set_num_threads(2)
     results = []
@@ -127,7 +152,9 @@ def main() -> None:
             from medsam3 import load_model
 
             model = load_model("compact")
-            results.append(bench(model, "compact", args.slices, args.refine_baseline))
+            results.append(
+                bench(model, "compact", args.slices, args.refine_baseline, args.key_spacing)
+            )
             if args.baseline_checkpoint:
                 base = load_model("compact", checkpoint=args.baseline_checkpoint)
                 results.append(bench(base, "compact-baseline", args.slices))
@@ -148,6 +175,12 @@ def main() -> None:
             f"{r['s_per_100_slice_volume_5_concepts']} s (goal < 60)"
             + (" (extrapolated)" if r["volume_extrapolated"] else "")
         )
+        if "keyed_speedup" in r:
+            print(
+                f"  key slices every {r['key_spacing_mm']} mm ({r['slice_spacing_mm']} mm "
+                f"slices): {r['s_per_100_slice_volume_5_concepts_keyed']} s per 100-slice "
+                f"volume with 5 concepts; speed-up {r['keyed_speedup']}x (same run)"
+            )
         if "volume_speedup_vs_refine_all" in r:
             print(
                 f"  refining every component: {r['s_per_100_slice_volume_refine_all']} s per "

@@ -167,3 +167,21 @@ def test_only_crop_and_zoom_encodes_again(agent, ct_slice, monkeypatch):
     results = agent.segment(ct_slice, CONCEPTS, modality="ct")
     extra = sum(r.extra["agent_encodings"] for r in results.values())
     assert len(calls) == off + extra
+
+
+def test_an_absent_concept_stays_absent_unless_configured(agent, ct_slice):
+    """By default the agent scores a concept the model reported absent and keeps it empty (on
+    val, drawing masks on absent concepts cost all of the presence MCC); refine_absent lets
+    it search, and the loop then runs."""
+    phrase = "polyp"  # a colonoscopy concept on an abdominal CT slice
+    base = agent.base.segment(ct_slice, [phrase], modality="ct")[phrase]
+    assert not base.mask.any()
+    kept = agent.segment(ct_slice, [phrase], modality="ct")[phrase]
+    assert not kept.mask.any() and kept.extra["agent_rounds"] == 0
+    assert kept.extra["agent_action"] == "model" and kept.presence == base.presence
+    searching = medsam3.load_model(
+        "compact", agent={"mode": "rules", "max_rounds": 1, "accept": 1.0, "refine_absent": True}
+    )
+    tried = searching.segment(ct_slice, [phrase], modality="ct")[phrase]
+    assert tried.extra["agent_rounds"] == 1
+    assert len(tried.extra["agent_trace"]) > 1  # actions were tried

@@ -6,7 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from medsam3.models.propagate import hysteresis, instances_3d, propagate_masks
+from medsam3.models.propagate import (
+    hysteresis,
+    instances_3d,
+    interpolate_masks,
+    key_slices,
+    propagate_masks,
+    slice_stride,
+)
 
 
 def _disc(shape, center, radius):
@@ -56,6 +63,39 @@ def test_hysteresis_extends_key_slices_through_confident_runs_only():
     # run 1-3 holds a key slice; run 5-6 has none; slice 8 is a key slice on its own
     assert keep.tolist() == [False, True, True, True, False, False, False, False, True]
     assert not hysteresis(np.full(4, 0.5), high=0.6, low=0.35).any()
+
+
+def test_slice_stride_follows_the_slice_spacing():
+    assert slice_stride((0.8, 0.8, 1.0), 3.0) == 3
+    assert slice_stride((0.8, 0.8, 1.5), 3.0) == 2
+    assert slice_stride((0.8, 0.8, 5.0), 3.0) == 1  # thick slices: every one encoded
+    assert slice_stride(None, 3.0) == slice_stride((1.0, 1.0, 1.0), None) == 1
+    assert slice_stride((1.0, 1.0), 3.0) == 1  # a 2D spacing
+    assert key_slices(10, 3) == [0, 3, 6, 9] and key_slices(11, 3) == [0, 3, 6, 9, 10]
+    assert key_slices(1, 3) == [0] and key_slices(5, 1) == [0, 1, 2, 3, 4]
+
+
+def test_interpolated_masks_follow_the_shape_between_key_slices():
+    """Cones read on every 4th slice: the slices between get the blended outline, within a
+    pixel of the truth; an end between keys holds the nearer key's mask."""
+    truth, radii = _sphere_slices(n=9)
+    keys = [0, 4, 8]
+    out = interpolate_masks(keys, [truth[z] for z in keys], 9)
+    for z in keys:
+        assert (out[z] == truth[z]).all()
+    for z in (1, 2, 3, 5, 6, 7):  # radii 8, 12, 16 between 4 and 20: blended, +-1 px
+        radius = np.sqrt(out[z].sum() / np.pi)
+        assert abs(radius - radii[z]) <= 1.0, (z, radius, radii[z])
+    solid = [_disc((64, 64), (32, 30), r) for r in (8, 10, 12, 14, 16)]
+    out = interpolate_masks([0, 4], [solid[0], solid[4]], 5)
+    for z in (1, 2, 3):  # linearly growing disc: the blended outline is the true one, +-1 px
+        area, want = out[z].sum(), solid[z].sum()
+        assert abs(np.sqrt(area / np.pi) - np.sqrt(want / np.pi)) <= 1.0, (z, area, want)
+        assert (out[z] | solid[z - 1]).sum() == out[z].sum()  # contains the smaller disc
+    end = interpolate_masks([0, 2, 4], [solid[2], np.zeros((64, 64), bool), solid[2]], 5)
+    assert (end[1] == solid[2]).all() and (end[3] == solid[2]).all()  # half way: non-empty
+    gone = interpolate_masks([0, 3], [solid[2], np.zeros((64, 64), bool)], 4)
+    assert (gone[1] == solid[2]).all() and not gone[2].any()  # nearer key
 
 
 def test_instances_3d_boxes_are_xyz_end_exclusive():
@@ -109,3 +149,32 @@ def test_blank_slices_are_not_encoded_and_score_zero(model):
     assert not with_blank.mask[:2].any() and with_blank.mask[2:].any(axis=(1, 2)).all()
     assert (with_blank.mask[2:] == alone.mask).all()
     assert with_blank.presence == pytest.approx(alone.presence)
+
+
+def test_strided_volume_encodes_key_slices_and_interpolates_between(model, monkeypatch):
+    """A 1 mm brain slab with key slices every 3 mm: only slices 0, 3, 6 are encoded, the
+    others get an interpolated mask and presence; without a spacing every slice is encoded."""
+    from nilearn.datasets import load_mni152_template
+
+    vol = load_mni152_template().get_fdata().astype(np.float32)
+    mid = vol.shape[2] // 2
+    slab = np.stack([np.rot90(vol[:, :, z]) for z in range(mid - 3, mid + 4)])
+    encoded = []
+    real = model.encode_planes
+
+    def counting(rgbs, modality=None):
+        encoded.append(len(rgbs))
+        return real(rgbs, modality)
+
+    monkeypatch.setattr(model, "encode_planes", counting)
+    monkeypatch.setattr(model, "key_spacing_mm", 3.0)
+    res = model.segment(slab, ["brain"], "mri", spacing=(1.0, 1.0, 1.0), kind="volume")["brain"]
+    assert sum(encoded) == 3 and res.extra["encoded_slices"] == 3
+    assert res.mask.shape == slab.shape and res.mask.any(axis=(1, 2)).all()
+    per_slice = res.extra["presence_per_slice"]
+    assert len(per_slice) == 7 and min(per_slice[0], per_slice[3]) <= per_slice[1]
+    encoded.clear()
+    full = model.segment(slab, ["brain"], "mri", kind="volume")["brain"]  # spacing unknown
+    assert sum(encoded) == 7 and full.extra["encoded_slices"] == 7
+    inter = (res.mask[1] & full.mask[1]).sum()
+    assert 2 * inter / (res.mask[1].sum() + full.mask[1].sum()) > 0.9

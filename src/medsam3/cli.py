@@ -37,6 +37,10 @@ def _cmd_segment(args: argparse.Namespace) -> int:
         if args.backend != "sam3":
             raise ValueError("--lora adapts SAM 3 weights; use it with --backend sam3")
         options = {"lora": args.lora, "lora_alpha": args.lora_alpha}
+    if args.key_spacing is not None:
+        if args.backend != "compact":
+            raise ValueError("--key-spacing applies to the compact backend")
+        options["key_spacing_mm"] = args.key_spacing
     agent = None if args.agent == "off" else {"mode": args.agent, "endpoint": args.agent_endpoint}
     model = load_model(
         args.backend, checkpoint=args.checkpoint, device=device, agent=agent, **options
@@ -159,6 +163,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--lora-alpha", type=float, default=32.0, help="alpha of a LoRA file")
     p.add_argument("--modality", default=None, help="override the detected modality")
+    p.add_argument(
+        "--key-spacing",
+        type=float,
+        default=None,
+        metavar="MM",
+        help="compact, volumes: encode key slices MM mm apart and interpolate between "
+        "(default 3; 0: every slice)",
+    )
     p.add_argument(
         "--device",
         default="auto",

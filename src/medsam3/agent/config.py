@@ -26,6 +26,9 @@ class AgentConfig:
         cache_dir: folder of cached MLLM replies ("" = ``$MEDSAM3_CACHE/agent`` or
             ``~/.cache/medsam3/agent``).
         min_gain: a candidate replaces the current result only when it scores this much higher.
+        refine_absent: also work on a concept the backend reported absent (empty mask); by
+            default such a result is scored and kept, so the agent never turns an absent
+            concept into a present one.
     """
 
     mode: str = "rules"
@@ -38,6 +41,7 @@ class AgentConfig:
     timeout_s: float = 30.0
     cache_dir: str = ""
     min_gain: float = 0.01
+    refine_absent: bool = False
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:

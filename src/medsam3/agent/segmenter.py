@@ -16,6 +16,7 @@ import hashlib
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 
 import numpy as np
 from scipy import ndimage
@@ -148,7 +149,10 @@ class AgentSegmenter(Segmenter):
 
         if self.chooser is not None:
             propose = self.chooser.wrap(phrase, array, call["modality"], propose)
-        return run_loop(phrase, initial, propose, judge, self.config)
+        config = self.config
+        if not initial.mask.any() and not config.refine_absent:
+            config = replace(config, max_rounds=0)  # scored, flagged if doubtful, kept
+        return run_loop(phrase, initial, propose, judge, config)
 
     def _plane_context(self, phrase, result, array, others, modality) -> PlaneContext:
         """The compact model's encoded plane for a phrase (a cache hit after the base call)."""

@@ -37,11 +37,16 @@ from medsam3.models.litemedsam import (
 from medsam3.models.modality import ModalityGuess, ModalityHead, modality_features
 from medsam3.models.phrases import canonical, condition
 from medsam3.models.preprocess import group_by_ct_window, to_uint8_rgb
-from medsam3.models.propagate import segment_compact_stack
+from medsam3.models.propagate import segment_compact_stack, slice_stride
 from medsam3.models.text_encoder import shared_text_encoder
 
 PLANE_BYTES = 200 * 2**20  # generous peak activation memory of one plane (encoder + head)
 TILE_SIDE = 0.6  # thin-structure tiles: share of the image side (2 x 2 tiles overlap by 0.2)
+
+
+# Volumes with a known slice spacing are encoded on key slices about this far apart and
+# interpolated between (propagate.slice_stride); 0 or None encodes every slice.
+KEY_SPACING_MM = 3.0
 
 
 def default_checkpoint() -> Path:
@@ -118,6 +123,9 @@ class CompactSegmenter(Segmenter):
         modality_head: classifier naming the modality of a plane (None: not recognised).
         calibration: modality -> (scale, shift) of the presence logit, fitted on val so that
             presence 0.5 means the same in every modality; "default" for other modalities.
+        key_spacing_mm: volumes with known spacing are encoded every ~this many mm and
+            interpolated between (:func:`medsam3.models.propagate.slice_stride`); None encodes
+            every slice.
     """
 
     name = "compact"
@@ -137,6 +145,7 @@ class CompactSegmenter(Segmenter):
         feature_cache: bool = False,
         modality_head: ModalityHead | None = None,
         calibration: dict[str, tuple[float, float]] | None = None,
+        key_spacing_mm: float | None = KEY_SPACING_MM,
     ) -> None:
         self.head, self.sam, self.checkpoint_digest = head, sam, digest
         self.presence_threshold, self.iou_gate = presence_threshold, iou_gate
@@ -148,6 +157,7 @@ class CompactSegmenter(Segmenter):
         self.feature_cache = feature_cache
         self.modality_head = modality_head.to(self.device) if modality_head is not None else None
         self.calibration = {k.lower(): tuple(v) for k, v in (calibration or {}).items()}
+        self.key_spacing_mm = key_spacing_mm
         self.encode_batch: int | None = None  # planes per encoder pass; set on first use
 
     # --- plane-level verbs (used by propagate.py too) ---------------------------------------
@@ -470,7 +480,8 @@ class CompactSegmenter(Segmenter):
             results = self.segment_plane(data, phrases, modality, boxes, points)
             results = self._add_tiles(data, results, modality, set(boxes) | set(points))
         else:
-            results = segment_compact_stack(self, data, phrases, kind, modality)
+            stride = slice_stride(spacing, self.key_spacing_mm)
+            results = segment_compact_stack(self, data, phrases, kind, modality, stride=stride)
         return {p: _as_given(results[names[p]], p) for p in given}
 
     def _add_tiles(self, image, results, modality, prompted: set) -> dict[str, ConceptResult]:

@@ -9,6 +9,12 @@ object seen clearly on one slice is trusted on the neighbouring, less certain on
 the mask is propagated slice to slice into neighbours the head left empty, prompting the
 LiteMedSAM decoder with the previous slice's box; the propagation stops where presence drops
 below ``stop_threshold`` or the propagated mask vanishes or jumps in size.
+
+Thin-sliced volumes need not be encoded on every slice: with a slice stride k > 1 (see
+:func:`slice_stride`) only every k-th slice (and the last) is encoded and read as above, and
+the slices between two encoded ones get a mask interpolated from their signed distance maps
+(shape-based interpolation) and a linearly interpolated presence. Videos are read frame by
+frame.
 """
 
 from __future__ import annotations
@@ -89,6 +95,61 @@ def hysteresis(presence: np.ndarray, high: float, low: float) -> np.ndarray:
     return np.isin(runs, seeded[seeded > 0])
 
 
+def slice_stride(spacing: tuple[float, ...] | None, key_spacing_mm: float | None) -> int:
+    """Encode every k-th slice: k = round(key_spacing_mm / slice spacing), at least 1.
+
+    Args:
+        spacing: SimpleITK (x, y, z) spacing in mm of the display-order volume, or None.
+        key_spacing_mm: wanted distance between encoded slices; None or 0 encodes every slice.
+    """
+    if not key_spacing_mm or spacing is None or len(spacing) < 3 or spacing[2] <= 0:
+        return 1
+    return max(1, round(key_spacing_mm / float(spacing[2])))
+
+
+def key_slices(n: int, stride: int) -> list[int]:
+    """The encoded slices: every ``stride``-th from the first, and the last."""
+    keys = list(range(0, n, max(1, stride)))
+    if keys[-1] != n - 1:
+        keys.append(n - 1)
+    return keys
+
+
+def _signed_distance(mask: np.ndarray) -> np.ndarray:
+    """Distance to the mask's boundary: negative inside, positive outside."""
+    return ndimage.distance_transform_edt(~mask) - ndimage.distance_transform_edt(mask)
+
+
+def interpolate_masks(keys: list[int], masks: list[np.ndarray], n: int) -> list[np.ndarray]:
+    """Masks of all n slices from those of the key slices (shape-based interpolation).
+
+    Between two non-empty key masks a slice gets the zero level of the linearly blended signed
+    distance maps; next to an empty key it takes the nearer key's mask (an object that ends
+    between two keys keeps its last outline up to half way).
+
+    Args:
+        keys: increasing slice indices, the first 0 and the last n - 1.
+        masks: (y, x) bool mask of each key slice.
+        n: number of slices.
+    """
+    out = [np.zeros_like(masks[0]) for _ in range(n)]
+    for z, m in zip(keys, masks, strict=True):
+        out[z] = m
+    for i in range(len(keys) - 1):
+        (z0, z1), (m0, m1) = keys[i : i + 2], masks[i : i + 2]
+        if z1 - z0 < 2 or not (m0.any() or m1.any()):
+            continue
+        both = m0.any() and m1.any()
+        d0, d1 = (_signed_distance(m0), _signed_distance(m1)) if both else (None, None)
+        for z in range(z0 + 1, z1):
+            t = (z - z0) / (z1 - z0)
+            if both:
+                out[z] = (1 - t) * d0 + t * d1 < 0
+            else:  # the nearer key; half way, the non-empty one
+                out[z] = (m0 if t < 0.5 or (t == 0.5 and m0.any()) else m1).copy()
+    return out
+
+
 def _planes(stack: np.ndarray, kind: Kind, modality: str | None):
     """Per-plane arrays and the shared intensity range for non-CT float volumes."""
     rng = None
@@ -105,6 +166,7 @@ def segment_compact_stack(
     modality: str | None = None,
     stop_threshold: float = 0.2,
     extend_threshold: float = 0.35,
+    stride: int = 1,
 ) -> dict[str, ConceptResult]:
     """Segment a (z, y, x) volume or (t, y, x[, c]) video with a CompactSegmenter.
 
@@ -118,47 +180,56 @@ def segment_compact_stack(
         stop_threshold: minimum per-slice presence for propagation.
         extend_threshold: presence from which the head's own mask is kept on slices next to
             key slices (hysteresis; see the module docstring).
+        stride: encode every ``stride``-th slice and interpolate between (volumes only).
 
     Returns:
         phrase -> ConceptResult with (z, y, x) / (t, y, x) uint8 masks, 3D instances and
-        extra["presence_per_slice"], ["detected_slices"] and ["blank_slices"]: slices of a
-        single grey level (air above the head, zero padding), which are not encoded and get
-        presence 0 (the head, never trained on one, scores a blank plane near 0.5).
+        extra["presence_per_slice"], ["detected_slices"], ["encoded_slices"] (count) and
+        ["blank_slices"]: slices of a single grey level (air above the head, zero padding),
+        which are not encoded and get presence 0 (the head, never trained on one, scores a
+        blank plane near 0.5).
     """
     planes, rng = _planes(stack, kind, modality)
     n = len(planes)
-    pres = {p: np.zeros(n) for p in phrases}
-    detected = {p: [np.zeros(plane.shape[:2], bool) for plane in planes] for p in phrases}
+    keys = key_slices(n, stride if kind == "volume" else 1)
+    pres = {p: np.zeros(len(keys)) for p in phrases}
+    detected = {p: [np.zeros(planes[z].shape[:2], bool) for z in keys] for p in phrases}
     states: dict[tuple[str, int], object] = {}
     jobs = [
-        (z, rgb, group)
-        for z, plane in enumerate(planes)
-        for rgb, group in model.plane_rgb_groups(plane, phrases, modality, rng)
+        (k, rgb, group)
+        for k, z in enumerate(keys)
+        for rgb, group in model.plane_rgb_groups(planes[z], phrases, modality, rng)
     ]
-    blank = {(z, tuple(group)) for z, rgb, group in jobs if rgb.min() == rgb.max()}
-    jobs = [(z, rgb, group) for z, rgb, group in jobs if (z, tuple(group)) not in blank]
+    blank = {(keys[k], tuple(group)) for k, rgb, group in jobs if rgb.min() == rgb.max()}
+    jobs = [(k, rgb, group) for k, rgb, group in jobs if (keys[k], tuple(group)) not in blank]
     for start in range(0, len(jobs), ENCODE_CHUNK):  # batched encoder passes, bounded memory
         part = jobs[start : start + ENCODE_CHUNK]
-        for (z, _rgb, group), state in zip(
+        for (k, _rgb, group), state in zip(
             part, model.encode_planes([rgb for _, rgb, _ in part], modality), strict=True
         ):
             presence, dense = model.detect(state, group)
-            for k, p in enumerate(group):
-                pres[p][z] = presence[k]
-                states[(p, z)] = state
-                if presence[k] >= min(extend_threshold, model.presence_threshold):
-                    detected[p][z] = model.refine(state, dense[k], p)
+            for i, p in enumerate(group):
+                pres[p][k] = presence[i]
+                states[(p, k)] = state
+                if presence[i] >= min(extend_threshold, model.presence_threshold):
+                    detected[p][k] = model.refine(state, dense[i], p)
             state.feats = {}  # keep only what the decoder needs
+    encoded = set(keys)
+    flat = [z for z in range(n) if z not in encoded and planes[z].min() == planes[z].max()]
     results = {}
     for p in phrases:
         keep = hysteresis(pres[p], model.presence_threshold, extend_threshold)
-        detected[p] = [m if keep[z] else np.zeros_like(m) for z, m in enumerate(detected[p])]
+        detected[p] = [m if keep[k] else np.zeros_like(m) for k, m in enumerate(detected[p])]
 
-        def decode_box(z, box, p=p):
-            return model.decoder_masks(states[(p, z)], boxes=np.array([box], np.float32))[0]
+        def decode_box(k, box, p=p):
+            return model.decoder_masks(states[(p, k)], boxes=np.array([box], np.float32))[0]
 
         masks = propagate_masks(detected[p], pres[p], decode_box, stop_threshold)
-        volume = np.stack(masks).astype(np.uint8)
+        blanks = sorted({z for z, group in blank if p in group} | set(flat))
+        volume = np.stack(interpolate_masks(keys, masks, n)).astype(np.uint8)
+        volume[blanks] = 0
+        presence = np.interp(np.arange(n), keys, pres[p])
+        presence[blanks] = 0.0
         cap = model.presence_threshold - 0.01  # no mask: report "absent"
         overall = float(pres[p].max()) if volume.any() else float(min(pres[p].max(), cap))
         results[p] = ConceptResult(
@@ -167,9 +238,10 @@ def segment_compact_stack(
             presence=overall,
             instances=instances_3d(volume, overall),
             extra={
-                "presence_per_slice": [round(float(v), 4) for v in pres[p]],
-                "detected_slices": [i for i, m in enumerate(detected[p]) if m.any()],
-                "blank_slices": sorted(z for z, group in blank if p in group),
+                "presence_per_slice": [round(float(v), 4) for v in presence],
+                "detected_slices": [keys[k] for k, m in enumerate(detected[p]) if m.any()],
+                "encoded_slices": len({keys[k] for k, _, group in jobs if p in group}),
+                "blank_slices": blanks,
             },
         )
     return results

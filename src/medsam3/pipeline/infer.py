@@ -67,7 +67,8 @@ AGENT_KEYS = ("critic_score", "agent_rounds", "review", "agent_action")
 
 
 def _done_concepts(store: Path, concepts: list[str], model: Segmenter) -> set[str]:
-    """Phrases whose label holds this exact phrase, from this backend and checkpoint."""
+    """Phrases whose label holds this exact phrase, from this backend, checkpoint, agent mode
+    and key-slice spacing."""
     existing = set(list_labels(store))
     done = set()
     for phrase in concepts:
@@ -78,6 +79,7 @@ def _done_concepts(store: Path, concepts: list[str], model: Segmenter) -> set[st
                 and attrs.get("backend") == model.name
                 and attrs.get("checkpoint_digest") == model.checkpoint_digest
                 and attrs.get("agent") == _agent_mode(model)
+                and attrs.get("key_spacing_mm") == getattr(model, "key_spacing_mm", None)
             ):
                 done.add(phrase)
     return done
@@ -143,6 +145,8 @@ def _store_result(store: Path, result: ConceptResult, model: Segmenter) -> None:
         "nearest_known": list(result.nearest_known),
         "display_order": result.extra.get("display_order"),  # volumes: flips the model saw
         "presence_threshold": getattr(model, "presence_threshold", None),
+        "key_spacing_mm": getattr(model, "key_spacing_mm", None),  # volumes: key slices
+        "encoded_slices": result.extra.get("encoded_slices"),
         "agent": _agent_mode(model),
         **{k: result.extra[k] for k in AGENT_KEYS if k in result.extra},
         "agent_trace": result.extra.get("agent_trace"),
@@ -378,10 +382,13 @@ def progress_line(shard: str, index: int, total: int, record: StudyStatus) -> st
 
 
 def _model_kwargs(model: ModelSettings) -> dict:
-    """Backend options of ``load_model``: the resolved device, and the LoRA adapter if any."""
+    """Backend options of ``load_model``: the resolved device, the LoRA adapter if any, and
+    the compact backend's key-slice spacing when configured."""
     kwargs = {"device": resolve_device(model.backend, model.device)}
     if model.lora:
         kwargs["lora"] = model.lora
+    if model.backend == "compact" and model.key_spacing_mm is not None:
+        kwargs["key_spacing_mm"] = model.key_spacing_mm
     return kwargs
 
 

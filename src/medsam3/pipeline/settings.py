@@ -51,12 +51,19 @@ class ModelSettings:
     checkpoint: str
     lora: str
     device: str
+    key_spacing_mm: float | None = None  # compact: None keeps the backend's default
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> ModelSettings:
         """Read ``config["model"]`` (validated, defaults filled)."""
         model = config["model"]
-        return cls(model["backend"], model["checkpoint"], model["lora"], model["device"])
+        return cls(
+            model["backend"],
+            model["checkpoint"],
+            model["lora"],
+            model["device"],
+            model.get("key_spacing_mm"),
+        )
 
 
 @dataclass(frozen=True)
