@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import yaml
 from snakemake.cli import parse_config
 from snakemake.utils import validate
@@ -135,3 +136,25 @@ def test_nested_config_strings_from_the_command_line_are_typed_by_the_schema():
     assert SegmentSettings.from_config(_validated(minimal | config)).agent["max_rounds"] == 1
     off = typed_config(parse_config(["agent={mode: off, max_rounds: two, accept: '[0'}"]), schema)
     assert off["agent"] == {"mode": "off", "max_rounds": "two", "accept": "[0"}  # schema refuses
+
+
+def test_key_slice_spacing_reaches_the_compact_backend_only():
+    """model.key_spacing_mm (typed from --config, validated) is a compact load_model option;
+    the schema's default is the backend's own; sam3 never gets it."""
+    from medsam3.models.compact import KEY_SPACING_MM
+    from medsam3.pipeline.infer import _model_kwargs
+
+    schema = yaml.safe_load(Path(SCHEMA).read_text(encoding="utf-8"))
+    given = typed_config(parse_config(["model={backend: compact, key_spacing_mm: 0}"]), schema)
+    minimal = {"cohort": "c", "outdir": "o", "study_id_salt": "s", "shard_size": 3}
+    model = SegmentSettings.from_config(_validated(minimal | given)).model
+    assert model.key_spacing_mm == 0 and _model_kwargs(model)["key_spacing_mm"] == 0
+    unset = SegmentSettings.from_config(_validated(minimal | {"model": {"backend": "compact"}}))
+    assert _model_kwargs(unset.model)["key_spacing_mm"] == KEY_SPACING_MM
+    sam3 = {"model": {"backend": "sam3", "checkpoint": "/ckpt", "key_spacing_mm": 2.0}}
+    assert "key_spacing_mm" not in _model_kwargs(
+        SegmentSettings.from_config(_validated(minimal | sam3)).model
+    )
+    bad = minimal | {"model": {"backend": "compact", "key_spacing_mm": -1}}
+    with pytest.raises(Exception, match="minimum"):
+        _validated(bad)
