@@ -218,10 +218,14 @@ def test_exports_keep_source_geometry(full_run):
 
 
 def _stored_labels(out) -> dict[str, int]:
-    """study_id -> mtime of its stored label's metadata, for studies segmented so far."""
+    """study_id -> mtime of its stored label's metadata, for studies segmented so far.
+
+    A label still being staged (a hidden sibling, swapped into place when complete) is not
+    stored: pathlib's glob matches hidden names, and a kill can land while one exists."""
     found = {}
     for meta in out.glob("zarr/*.zarr/labels/*/zarr.json"):
-        found[meta.parents[2].name.removesuffix(".zarr")] = meta.stat().st_mtime_ns
+        if not meta.parent.name.startswith("."):
+            found[meta.parents[2].name.removesuffix(".zarr")] = meta.stat().st_mtime_ns
     return found
 
 
