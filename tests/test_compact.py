@@ -264,13 +264,6 @@ def test_tile_grid_covers_the_image_with_overlapping_tiles():
     assert tiles_of("retinal vessels") == 2 and tiles_of("polyp") == tiles_of("zorbly") == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "known regression of head v3 (docs/model_card.md, Known limits): retinal vessel "
-        "Dice ~0.03 (previous head 0.60-0.68): the head no longer draws thin vessels"
-    ),
-)
 @pytest.mark.shared_data
 def test_thin_vessels_gain_from_tiles(model, shared_data):
     from PIL import Image
@@ -286,7 +279,8 @@ def test_thin_vessels_gain_from_tiles(model, shared_data):
     tiled = model.segment(img, ["retinal vessel"], "fundus")["retinal vessel"]
     assert tiled.extra["tiles"] == 4 and "tiles" not in whole.extra
     assert (tiled.mask >= whole.mask).all(), "tiles only add vessel pixels"
-    assert dice(tiled.mask) > dice(whole.mask) + 0.03  # val image: 0.615 -> 0.676
+    # head v4: 0.152 -> 0.276 (v3: ~0.03, the head before v3: 0.615 -> 0.676)
+    assert dice(tiled.mask) > dice(whole.mask) + 0.03
     boxes = {"retinal vessel": [(0, 0, 99, 99)]}
     box = model.segment(img, ["retinal vessel"], "fundus", boxes=boxes)
     assert "tiles" not in box["retinal vessel"].extra, "a prompted concept is never tiled"

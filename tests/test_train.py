@@ -126,3 +126,38 @@ def test_a_second_stage_config_takes_its_base_and_replaces_keys(tmp_path):
     configs = Path(__file__).resolve().parents[1] / "configs"
     shipped = load_config(configs / "train_compact_stage2.yaml")
     assert shipped["init_from"] == load_config(configs / "train_compact.yaml")["output"]
+
+
+def test_a_grown_head_starts_as_the_smaller_one_and_trains_its_new_parts():
+    import torch
+
+    from medsam3.models.concept_head import ConceptHead, HeadConfig
+    from medsam3.training.train import grow_from
+
+    torch.manual_seed(0)
+    small = ConceptHead(HeadConfig(c64=16, c128=8, c256=8, hidden=32)).eval()
+    grown = ConceptHead(HeadConfig(c64=16, c128=8, c256=8, hidden=32, coords=True, context=2))
+    grow_from(grown, small.state_dict())
+    grown.eval()
+    emb, frame = torch.randn(2, 256, 64, 64), torch.rand(2, 3, 256, 256)
+    text, index = torch.randn(3, 384), torch.tensor([0, 1, 1])
+    for before, after in zip(
+        small(emb, frame, text, index), grown(emb, frame, text, index), strict=True
+    ):
+        assert torch.allclose(before, after, atol=1e-6)
+    # one optimiser step moves what the small head lacked: the position channels, the blocks
+    opt = torch.optim.SGD(grown.parameters(), lr=0.1)
+    presence, mask = grown.train()(emb, frame, text, index)
+    (presence.sum() + mask.mean()).backward()
+    opt.step()
+    assert grown.proj[0].weight[:, 256:].abs().sum() > 0
+    assert grown.context[0][1].weight.abs().sum() > 0
+
+
+def test_a_head_of_another_size_cannot_start_a_grown_one():
+    from medsam3.models.concept_head import ConceptHead, HeadConfig
+    from medsam3.training.train import grow_from
+
+    other = ConceptHead(HeadConfig(c64=32)).state_dict()
+    with pytest.raises(ValueError, match="cannot start"):
+        grow_from(ConceptHead(HeadConfig(c64=16, coords=True)), other)

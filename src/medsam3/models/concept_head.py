@@ -7,7 +7,9 @@ a dense (256, 256) mask logit map in the padded frame.
 Design: the image-only part (embedding projection and a shallow full-resolution conv branch
 for thin, high-frequency structures) runs once per image; the phrase modulates the features by
 FiLM at 64, 128 and 256 px and by a phrase-image similarity map, so N phrases cost N light
-decoder passes.
+decoder passes. Optional (``coords``): the position in the padded frame as two input channels,
+so the head can learn where an organ lies; (``context``): dilated 3x3 blocks after FiLM, so the
+coarse map of a phrase sees its neighbourhood (liver beside spleen) rather than one location.
 """
 
 from __future__ import annotations
@@ -32,16 +34,18 @@ class HeadConfig:
     fine: int = 8
     hidden: int = 256
     dropout: float = 0.1
+    coords: bool = False  # x, y of the padded frame as two more embedding channels
+    context: int = 0  # dilated 3x3 blocks (dilation 2, 4, ...) after FiLM at 64 px
 
     def to_dict(self) -> dict:
         """Plain dict for JSON."""
         return asdict(self)
 
 
-def _block(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
+def _block(cin: int, cout: int, stride: int = 1, dilation: int = 1) -> nn.Sequential:
     groups = 8 if cout % 8 == 0 else 4
     return nn.Sequential(
-        nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False),
+        nn.Conv2d(cin, cout, 3, stride=stride, padding=dilation, dilation=dilation, bias=False),
         nn.GroupNorm(groups, cout),
         nn.GELU(),
     )
@@ -53,7 +57,8 @@ class ConceptHead(nn.Module):
     def __init__(self, cfg: HeadConfig | None = None) -> None:
         super().__init__()
         self.cfg = cfg = cfg or HeadConfig()
-        self.proj = nn.Sequential(nn.Conv2d(cfg.embed_dim, cfg.c64, 1), nn.GELU())
+        extra = 2 if cfg.coords else 0
+        self.proj = nn.Sequential(nn.Conv2d(cfg.embed_dim + extra, cfg.c64, 1), nn.GELU())
         self.trunk64 = nn.Sequential(_block(cfg.c64, cfg.c64), _block(cfg.c64, cfg.c64))
         self.shallow256 = nn.Sequential(_block(3, 16), _block(16, 16))
         self.shallow128 = _block(16, 32, stride=2)
@@ -64,6 +69,9 @@ class ConceptHead(nn.Module):
         )
         self.query = nn.Linear(cfg.hidden, cfg.c64)
         self.film64 = nn.Linear(cfg.hidden, 2 * cfg.c64)
+        self.context = nn.ModuleList(
+            _block(cfg.c64, cfg.c64, dilation=2 ** (i + 1)) for i in range(cfg.context)
+        )
         self.mix64 = nn.Sequential(
             nn.Conv2d(cfg.c64 + 1, cfg.c64, 1), nn.GELU(), nn.Conv2d(cfg.c64, cfg.coarse, 1)
         )
@@ -88,7 +96,10 @@ class ConceptHead(nn.Module):
         Returns:
             dict: f64 (B, c64, 64, 64), f128 (B, c128, 128, 128), f256 (B, c256, 256, 256).
         """
-        f64 = self.trunk64(self.proj(embedding.float()))
+        embedding = embedding.float()
+        if self.cfg.coords:
+            embedding = torch.cat([embedding, _coordinates(embedding)], dim=1)
+        f64 = self.trunk64(self.proj(embedding))
         s256 = self.shallow256(frame.float())
         up = F.interpolate(f64, scale_factor=2, mode="bilinear", align_corners=False)
         f128 = self.trunk128(torch.cat([up, self.shallow128(s256)], dim=1))
@@ -122,6 +133,8 @@ class ConceptHead(nn.Module):
         sim = torch.einsum("nchw,nc->nhw", f64, self.query(h))[:, None] / f64.shape[1] ** 0.5
         gamma, beta = self.film64(h).chunk(2, dim=-1)
         x = f64 * (1 + gamma[..., None, None]) + beta[..., None, None]
+        for block in self.context:
+            x = x + block(x)
         coarse = self.mix64(torch.cat([x, sim], dim=1))
         stats = [coarse.mean(dim=(2, 3)), coarse.amax(dim=(2, 3))]
         stats += [sim.amax(dim=(2, 3)), sim.mean(dim=(2, 3)), h]
@@ -141,3 +154,12 @@ class ConceptHead(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """image_features + decode; see those methods for shapes."""
         return self.decode(self.image_features(embedding, frame), text, index)
+
+
+def _coordinates(embedding: torch.Tensor) -> torch.Tensor:
+    """(B, 2, H, W): x and y in [-1, 1] across the padded frame."""
+    b, _, h, w = embedding.shape
+    ys = torch.linspace(-1, 1, h, device=embedding.device, dtype=embedding.dtype)
+    xs = torch.linspace(-1, 1, w, device=embedding.device, dtype=embedding.dtype)
+    grid = torch.stack(torch.meshgrid(ys, xs, indexing="ij")[::-1])
+    return grid.expand(b, -1, -1, -1)

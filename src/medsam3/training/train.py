@@ -169,7 +169,7 @@ def train(config: dict) -> Path:
     phrases = PhraseTable(config.get("raw_phrase_share", 0.0))
     head = ConceptHead(HeadConfig(**config.get("head", {}))).to(device)
     if config.get("init_from"):
-        head.load_state_dict(load_file(config["init_from"]), strict=False)
+        grow_from(head, load_file(config["init_from"]))
     opt = torch.optim.AdamW(head.parameters(), lr=config["lr"], weight_decay=config["weight_decay"])
     run_dir = cache_dir() / "train" / config.get("run_name", "compact")
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -211,6 +211,36 @@ def train(config: dict) -> Path:
         facts = finish(output, head.eval(), data, val, phrases, easy, sam)
         print(f"fitted: {json.dumps(facts)[:2000]}", flush=True)
     return output
+
+
+def grow_from(head: ConceptHead, state: dict[str, torch.Tensor]) -> None:
+    """Start ``head`` from a smaller head's weights, computing the same function.
+
+    Matching tensors are copied. A projection with fewer input channels (a head without
+    ``coords``) fills the leading channels and the new ones start at zero; ``context`` blocks
+    the old head lacks start with a zero norm gain, so their residual adds nothing until
+    trained. Tensors of the file the head does not have (the modality classifier) are skipped.
+    """
+    own = head.state_dict()
+    for name, value in state.items():
+        if name not in own:
+            continue
+        if own[name].shape == value.shape:
+            own[name] = value
+        elif name == "proj.0.weight" and _wider_input(own[name].shape, value.shape):
+            own[name] = torch.zeros_like(own[name])
+            own[name][:, : value.shape[1]] = value
+        else:
+            raise ValueError(f"{name}: {tuple(value.shape)} cannot start {tuple(own[name].shape)}")
+    for name in own:
+        if name.startswith("context.") and name not in state and name.endswith(".1.weight"):
+            own[name] = torch.zeros_like(own[name])  # the block's GroupNorm gain
+    head.load_state_dict(own)
+
+
+def _wider_input(own: torch.Size, old: torch.Size) -> bool:
+    """True when a weight differs from the old one only by more input channels."""
+    return own[1] > old[1] and own[0] == old[0] and own[2:] == old[2:]
 
 
 def _by_view(pos: list) -> dict[int, list]:

@@ -30,13 +30,15 @@ def presence_logits(head: ConceptHead, data: dict, phrases, easy: dict, seed: in
 
     Returns:
         {"logit": (n,) float, "label": (n,) 0/1, "modality": [n], "kind": ["pos" | "hard" |
-        "easy"], "dice": {concept: [Dice of each positive's dense mask at 256 px]}}.
+        "easy"], "dice": {concept: [Dice of each positive's dense mask at 256 px]},
+        "modality_dice": {modality: [the same Dice values]}}.
     """
     was_training = head.training
     head.eval()
     rng = random.Random(seed)
     dev = next(head.parameters()).device
     out = {"logit": [], "label": [], "modality": [], "kind": [], "dice": defaultdict(list)}
+    out["modality_dice"] = defaultdict(list)
     for s in range(len(data["meta"])):
         emb, frame = data["emb"][s : s + 1].to(dev).float(), data["frame"][s : s + 1].to(dev)
         feats = head.image_features(emb, frame / 255)
@@ -49,7 +51,9 @@ def presence_logits(head: ConceptHead, data: dict, phrases, easy: dict, seed: in
             for k, p in enumerate(pos):
                 pred, gt = masks[k, 0] > 0, p[2].to(dev) > 127
                 inter = 2 * (pred & gt).sum().item()
-                out["dice"][p[1]].append(inter / max(1, pred.sum().item() + gt.sum().item()))
+                value = inter / max(1, pred.sum().item() + gt.sum().item())
+                out["dice"][p[1]].append(value)
+                out["modality_dice"][data["meta"][s][0]].append(value)
             _extend(out, logits, 1, data["meta"][s][0], "pos")
         for kind, names in (("hard", hard), ("easy", easy_names)):
             if names:
@@ -89,3 +93,38 @@ def validate(head: ConceptHead, data: dict, phrases, easy: dict) -> dict:
         "mcc_hard": round(matthews(res["label"][hard], pred[hard]), 4),
         "score": round((pair + concept) / 2 + mcc, 4),
     }
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Print the val Dice (dense mask at 256 px) of each given head, over pairs and per modality.
+
+    Usage: ``python -m medsam3.training.validate HEAD.safetensors [HEAD2 ...]`` (the val views
+    of configs/train_compact.yaml, encoded into the feature cache on first use).
+    """
+    import argparse
+    from pathlib import Path
+
+    from medsam3.models.compact import load_head
+    from medsam3.models.litemedsam import LiteMedSAM
+    from medsam3.training.data import safe_negatives
+    from medsam3.training.phrases import PhraseTable
+    from medsam3.training.train import load_config, training_views
+
+    ap = argparse.ArgumentParser(description=main.__doc__.splitlines()[0])
+    ap.add_argument("heads", nargs="+")
+    ap.add_argument("--config", default="configs/train_compact.yaml")
+    args = ap.parse_args(argv)
+    config = load_config(args.config)
+    torch.set_num_threads(config.get("threads", 2))
+    val = training_views(config, "val", LiteMedSAM())
+    easy = safe_negatives(Path(config["data_root"]), seen=None)
+    for path in args.heads:
+        head = load_head(path)[0]
+        per = sorted(presence_logits(head, val, PhraseTable(0.0), easy)["modality_dice"].items())
+        pairs = [d for _, values in per for d in values]
+        print(f"{path}: Dice over {len(pairs)} val pairs {np.mean(pairs):.3f}")
+        print("  " + ", ".join(f"{m} {np.mean(v):.3f} ({len(v)})" for m, v in per))
+
+
+if __name__ == "__main__":
+    main()
