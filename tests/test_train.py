@@ -113,7 +113,7 @@ def test_learning_rate_warms_up_then_decays_to_zero():
 
 
 def test_a_second_stage_config_takes_its_base_and_replaces_keys(tmp_path):
-    from medsam3.training.train import load_config
+    from medsam3.training.config import load_config
 
     (tmp_path / "one.yaml").write_text("steps: 3000\nlr: 0.001\nseed: 0\n")
     (tmp_path / "two.yaml").write_text("base: one.yaml\nlr: 0.0005\ninit_from: h.safetensors\n")
@@ -126,6 +126,8 @@ def test_a_second_stage_config_takes_its_base_and_replaces_keys(tmp_path):
     configs = Path(__file__).resolve().parents[1] / "configs"
     shipped = load_config(configs / "train_compact_stage2.yaml")
     assert shipped["init_from"] == load_config(configs / "train_compact.yaml")["output"]
+    grown = load_config(configs / "train_compact_v4.yaml")
+    assert grown["init_from"] == shipped["output"] and grown["head"]["context"] == 2
 
 
 def test_a_grown_head_starts_as_the_smaller_one_and_trains_its_new_parts():

@@ -1,5 +1,6 @@
 from medsam3.logs import job_logging
-from medsam3.training.train import load_config, train
+from medsam3.training.config import load_config
+from medsam3.training.train import train
 
 with job_logging(snakemake.log[0]):
     settings = load_config(snakemake.input.config)

@@ -22,19 +22,19 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-import yaml
 from safetensors.torch import load_file
 
 from medsam3.models.build import resolve_device
 from medsam3.models.concept_head import ConceptHead, HeadConfig
 from medsam3.models.feature_cache import cache_dir
 from medsam3.models.litemedsam import LiteMedSAM
-from medsam3.training.data import build_samples, colin27_samples, easy_negatives, safe_negatives
+from medsam3.training.config import load_config
+from medsam3.training.data import easy_negatives, safe_negatives
 from medsam3.training.fit_heads import finish
 from medsam3.training.head_file import save_head
 from medsam3.training.phrases import PhraseTable
 from medsam3.training.validate import validate
-from medsam3.training.views import augment_counts, encode_views, load_views, plan_views
+from medsam3.training.views import training_views
 
 
 def view_weights(meta: list[tuple], pos: list, dataset_power: float, concept_power: float):
@@ -62,32 +62,6 @@ def step_lr(config: dict, step: int) -> float:
         return config["lr"] * (step + 1) / warmup
     progress = (step - warmup) / max(1, config["steps"] - warmup)
     return config["lr"] * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-
-def training_views(config: dict, split: str, sam: LiteMedSAM) -> dict:
-    """Plan, encode (cached) and load the views of one split.
-
-    Train gets augmented views (``augment_target``, ``augment_min``, ``augment_max``) and the
-    Colin27 atlas slices; val gets each plane once. Datasets in ``exclude_datasets`` (a
-    leave-one-dataset-out run) are left out of both.
-
-    Returns:
-        The tensors of :func:`medsam3.training.views.load_views`.
-    """
-    root = Path(config["data_root"])
-    caps = config.get("per_dataset_max", {}).get(split, {})
-    samples = build_samples(root, (split,), caps, config.get("volume_slices", 3))
-    counts = {}
-    if split == "train":
-        samples += colin27_samples(n_slices=config.get("atlas_slices", 0) or 0)
-        low, high = config.get("augment_min", 0), config.get("augment_max", 0)
-        counts = augment_counts(samples, config.get("augment_target", 0), low, high)
-    excluded = set(config.get("exclude_datasets", []))
-    samples = [s for s in samples if s.dataset not in excluded]
-    samples = samples[: config.get("max_samples", len(samples))]
-    views = plan_views(samples, counts, config.get("seed", 0))
-    index = encode_views(views, sam, cache_dir() / f"views_{split}.json")
-    return load_views(views, index) | {"samples": [v.sample for v in views]}
 
 
 def _dice_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -257,16 +231,6 @@ def main(config_path: str) -> None:
         config_path: path to a YAML file like configs/train_compact.yaml.
     """
     print(f"wrote {train(load_config(config_path))}")
-
-
-def load_config(path: str | Path) -> dict:
-    """A training config; ``base: OTHER.yaml`` (beside this file) takes that file's keys and
-    replaces the given ones (a second stage names the first as its base)."""
-    config = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    if "base" in config:
-        base = load_config(Path(path).parent / config.pop("base"))
-        config = base | config
-    return config
 
 
 if __name__ == "__main__":

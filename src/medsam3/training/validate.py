@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import argparse
 import random
 from collections import defaultdict
+from pathlib import Path
 
 import numpy as np
 import torch
 
+from medsam3.models.compact import load_head
 from medsam3.models.concept_head import ConceptHead
-from medsam3.training.data import easy_negatives
+from medsam3.models.litemedsam import LiteMedSAM
+from medsam3.training.config import load_config
+from medsam3.training.data import easy_negatives, safe_negatives
+from medsam3.training.phrases import PhraseTable
+from medsam3.training.views import training_views
 
 
 def matthews(y: np.ndarray, pred: np.ndarray) -> float:
@@ -101,15 +108,6 @@ def main(argv: list[str] | None = None) -> None:
     Usage: ``python -m medsam3.training.validate HEAD.safetensors [HEAD2 ...]`` (the val views
     of configs/train_compact.yaml, encoded into the feature cache on first use).
     """
-    import argparse
-    from pathlib import Path
-
-    from medsam3.models.compact import load_head
-    from medsam3.models.litemedsam import LiteMedSAM
-    from medsam3.training.data import safe_negatives
-    from medsam3.training.phrases import PhraseTable
-    from medsam3.training.train import load_config, training_views
-
     ap = argparse.ArgumentParser(description=main.__doc__.splitlines()[0])
     ap.add_argument("heads", nargs="+")
     ap.add_argument("--config", default="configs/train_compact.yaml")

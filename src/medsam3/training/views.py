@@ -26,7 +26,7 @@ import torch
 from safetensors.torch import load_file
 from tqdm import tqdm
 
-from medsam3.models.feature_cache import encode_cached, feature_path
+from medsam3.models.feature_cache import cache_dir, encode_cached, feature_path
 from medsam3.models.litemedsam import LiteMedSAM, prepare_image
 from medsam3.training.augment import (
     IDENTITY,
@@ -36,7 +36,7 @@ from medsam3.training.augment import (
     swap_side,
     view_masks,
 )
-from medsam3.training.data import Sample, mask_to_frame
+from medsam3.training.data import Sample, build_samples, colin27_samples, mask_to_frame
 
 MIN_TARGET_PIXELS = 4  # a concept cut down to fewer frame pixels by a crop is left out
 
@@ -173,3 +173,29 @@ def load_views(views: list[View], index: dict) -> dict:
         "meta": meta,
         "resized": sizes,
     }
+
+
+def training_views(config: dict, split: str, sam: LiteMedSAM) -> dict:
+    """Plan, encode (cached) and load the views of one split.
+
+    Train gets augmented views (``augment_target``, ``augment_min``, ``augment_max``) and the
+    Colin27 atlas slices; val gets each plane once. Datasets in ``exclude_datasets`` (a
+    leave-one-dataset-out run) are left out of both.
+
+    Returns:
+        The tensors of :func:`medsam3.training.views.load_views`.
+    """
+    root = Path(config["data_root"])
+    caps = config.get("per_dataset_max", {}).get(split, {})
+    samples = build_samples(root, (split,), caps, config.get("volume_slices", 3))
+    counts = {}
+    if split == "train":
+        samples += colin27_samples(n_slices=config.get("atlas_slices", 0) or 0)
+        low, high = config.get("augment_min", 0), config.get("augment_max", 0)
+        counts = augment_counts(samples, config.get("augment_target", 0), low, high)
+    excluded = set(config.get("exclude_datasets", []))
+    samples = [s for s in samples if s.dataset not in excluded]
+    samples = samples[: config.get("max_samples", len(samples))]
+    views = plan_views(samples, counts, config.get("seed", 0))
+    index = encode_views(views, sam, cache_dir() / f"views_{split}.json")
+    return load_views(views, index) | {"samples": [v.sample for v in views]}
