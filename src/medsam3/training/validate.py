@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import random
 from collections import defaultdict
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -14,7 +13,7 @@ from medsam3.models.compact import load_head
 from medsam3.models.concept_head import ConceptHead
 from medsam3.models.litemedsam import LiteMedSAM
 from medsam3.training.config import load_config
-from medsam3.training.data import easy_negatives, safe_negatives
+from medsam3.training.data import easy_negatives
 from medsam3.training.phrases import PhraseTable
 from medsam3.training.views import training_views
 
@@ -115,10 +114,10 @@ def main(argv: list[str] | None = None) -> None:
     config = load_config(args.config)
     torch.set_num_threads(config.get("threads", 2))
     val = training_views(config, "val", LiteMedSAM())
-    easy = safe_negatives(Path(config["data_root"]), seen=None)
     for path in args.heads:
         head = load_head(path)[0]
-        per = sorted(presence_logits(head, val, PhraseTable(0.0), easy)["modality_dice"].items())
+        no_easy = {}  # Dice only: no easy negatives to draw (and no manifest to read for them)
+        per = sorted(presence_logits(head, val, PhraseTable(0.0), no_easy)["modality_dice"].items())
         pairs = [d for _, values in per for d in values]
         print(f"{path}: Dice over {len(pairs)} val pairs {np.mean(pairs):.3f}")
         print("  " + ", ".join(f"{m} {np.mean(v):.3f} ({len(v)})" for m, v in per))
