@@ -17,7 +17,8 @@ For each backend it measures on synthetic inputs (random weights for sam3: cost 
   ``model.segment`` on the same arrays in memory (goal: ratio >= 0.8);
 - peak device memory of each part (CUDA only);
 - CPU/GPU agreement (CUDA only): the same seeded tiny sam3 and the compact backend on the CPU
-  and on the device, presence difference and mask Dice.
+  and on the device, presence difference and mask Dice; the compact backend also with
+  ``precision="bfloat16"`` on the device (whether mixed precision stays within the bounds).
 A backend the device refuses (the compact backend before it runs on CUDA) is skipped with
 the reason. The output ends with a Markdown table for docs/scaling.md.
 """
@@ -224,7 +225,10 @@ def agreement(device, images, volume, rows: list) -> None:
         build_random_sam3("tiny", seed=0, device=d, score_threshold=0.2, volume_mode="per_slice")
         for d in ("cpu", device)]}  # fmt: skip
     try:
-        pairs["compact"] = [medsam3.load_model("compact", device=d) for d in ("cpu", device)]
+        cpu = medsam3.load_model("compact", device="cpu")
+        pairs["compact"] = [cpu, medsam3.load_model("compact", device=device)]
+        half = medsam3.load_model("compact", device=device, precision="bfloat16")
+        pairs["compact, device in precision bfloat16"] = [cpu, half]
     except Exception as exc:  # noqa: BLE001 - the reason is reported, the run goes on
         rows.append(("compact", "CPU/GPU agreement", f"skipped: {exc}"))
     for name, (cpu, dev) in pairs.items():

@@ -14,10 +14,13 @@ and its ``.json``) in the same run, and the ratios current / baseline are printe
 With ``--key-spacing MM`` the 5-concept volume is also timed encoding key slices every MM mm
 and interpolating between (compact; needs the real slice spacing, so use ``--slices 100``).
 
+With ``--precision bfloat16`` the compact backend is also timed with LiteMedSAM under bfloat16
+autocast (``model.precision``) in the same run, and the ratios bfloat16 / float32 are printed.
+
 Usage:
     python benchmarks/segment.py [--backends compact,sam3] [--scale tiny] [--slices 4]
                                  [--refine-baseline] [--baseline-checkpoint HEAD]
-                                 [--key-spacing MM]
+                                 [--key-spacing MM] [--precision bfloat16]
 """
 
 from __future__ import annotations
@@ -144,6 +147,12 @@ def main() -> None:
         default=None,
         help="compact: also time the 5-concept volume encoded every MM mm (use --slices 100)",
     )
+    ap.add_argument(
+        "--precision",
+        choices=["bfloat16"],
+        default=None,
+        help="compact: also time LiteMedSAM under this autocast precision (same run)",
+    )
     args = ap.parse_args()
     torch.set_num_threads(2)
     results = []
@@ -152,13 +161,17 @@ def main() -> None:
             from medsam3 import load_model
 
             model = load_model("compact")
-            results.append(
-                bench(model, "compact", args.slices, args.refine_baseline, args.key_spacing)
-            )
+            full = bench(model, "compact", args.slices, args.refine_baseline, args.key_spacing)
+            results.append(full)
+            if args.precision:
+                half = load_model("compact", precision=args.precision)
+                name = f"compact-{args.precision}"
+                results.append(bench(half, name, args.slices, False, args.key_spacing))
+                print_ratios(results[-1], full)
             if args.baseline_checkpoint:
                 base = load_model("compact", checkpoint=args.baseline_checkpoint)
                 results.append(bench(base, "compact-baseline", args.slices))
-                print_ratios(results[-2], results[-1])
+                print_ratios(full, results[-1])
         elif backend == "sam3":
             try:
                 from medsam3.models.sam3 import build_random_sam3

@@ -72,3 +72,7 @@ def test_json_and_quiet_output_without_third_party_noise(png):
     plain = _run("segment", "x.png", "-p", "lung", "-o", "out3", "--modality", "xray", cwd=png)
     assert plain.stdout.splitlines()[0].startswith("lung: presence ")
     assert "pixels (no physical spacing)" in plain.stdout and "summary: out3" in plain.stdout
+    assert summary["precision"] == "float32"
+    half = _run("segment", "x.png", "-p", "lung", "-o", "out4", "--precision", "bfloat16", "--json",
+                cwd=png)  # fmt: skip
+    assert half.returncode == 0 and json.loads(half.stdout)["precision"] == "bfloat16", half.stderr

@@ -190,6 +190,26 @@ def test_demo_chest_radiograph_is_shown_as_read_and_its_lungs_are_found(model, t
     assert img[lung].mean() < img[~lung].mean(), "lung fields are dark on a radiograph"
 
 
+def test_bfloat16_precision_finds_the_same_lungs(model, tmp_path):
+    """precision="bfloat16" (autocast around LiteMedSAM; the head stays float32): on the demo
+    radiograph the lungs' presence and masks stay those of float32."""
+    from PIL import Image
+
+    from medsam3.pipeline.demo import build_demo
+
+    img = np.asarray(Image.open(build_demo(tmp_path).parent / "data" / "chest_xray.png"))
+    half = load_model(backend="compact", precision="bfloat16")
+    assert (model.precision, half.precision) == ("float32", "bfloat16")
+    phrases = ["lung", "left lung"]
+    full_out, half_out = model.segment(img, phrases, "xray"), half.segment(img, phrases, "xray")
+    for p in phrases:
+        assert abs(full_out[p].presence - half_out[p].presence) < 0.02, p
+        a, b = full_out[p].mask > 0, half_out[p].mask > 0
+        assert 2 * (a & b).sum() / (a.sum() + b.sum()) >= 0.95, p
+    with pytest.raises(ValueError, match="feature cache"):
+        load_model(backend="compact", precision="bfloat16", feature_cache=True)
+
+
 def test_a_phrase_in_another_language_runs_and_is_flagged(model, tmp_path, caplog):
     """Documented behaviour: phrases are not translated; an unknown one still runs, is logged
     with its nearest known concepts, and the summary names them."""

@@ -77,3 +77,18 @@ def test_the_shard_records_each_study_as_reading_in_the_foreground_does(shard, m
         assert (direct.status, direct.error) == (records[study.study_id].status,
                                                  records[study.study_id].error)  # fmt: skip
     assert set(threads.values()) == {"MainThread"}
+
+
+def test_a_rerun_in_another_precision_recomputes_and_the_same_precision_resumes(shard):
+    """Labels record the precision they were computed in: a rerun at the same precision has
+    nothing to compute, one in bfloat16 recomputes (the masks may differ a little)."""
+    studies, settings = shard
+    ok = [studies[0], studies[-1]]
+    again = infer.segment_shard("shard-0000", ok, settings)
+    assert [r.computed for r in again.studies] == [[], []]
+    bf16 = ModelSettings("compact", "", "", "cpu", precision="bfloat16")
+    fields = settings.to_params() | {"model": bf16}
+    redone = infer.segment_shard("shard-0000", ok, SegmentSettings(**fields))
+    assert [r.computed for r in redone.studies] == [["liver"], ["liver"]]
+    attrs = infer.read_label_attrs(settings.layout.store("last"), "liver")
+    assert attrs["precision"] == "bfloat16"

@@ -158,3 +158,24 @@ def test_key_slice_spacing_reaches_the_compact_backend_only():
     bad = minimal | {"model": {"backend": "compact", "key_spacing_mm": -1}}
     with pytest.raises(Exception, match="minimum"):
         _validated(bad)
+
+
+def test_precision_reaches_each_backend_in_its_own_terms():
+    """model.precision: compact gets ``precision`` (autocast), sam3 ``dtype`` (its weights);
+    "auto" passes nothing, and the schema refuses a precision it does not know."""
+    from medsam3.pipeline.infer import _model_kwargs
+
+    minimal = {"cohort": "c", "outdir": "o", "study_id_salt": "s", "shard_size": 3}
+
+    def kwargs(model: dict) -> dict:
+        return _model_kwargs(SegmentSettings.from_config(_validated(minimal | model)).model)
+
+    assert kwargs({"model": {"backend": "compact", "precision": "bfloat16"}})["precision"] == (
+        "bfloat16"
+    )
+    sam3 = kwargs({"model": {"backend": "sam3", "checkpoint": "/c", "precision": "bfloat16"}})
+    assert sam3["dtype"] == "bfloat16" and "precision" not in sam3
+    auto = kwargs({"model": {"backend": "compact"}})
+    assert "precision" not in auto and "dtype" not in auto
+    with pytest.raises(Exception, match="float16"):
+        _validated(minimal | {"model": {"backend": "compact", "precision": "float16"}})

@@ -59,6 +59,18 @@ def uses_gpu(backend: str, device: str | None = "auto") -> bool:
     return "cuda" in DEVICES[backend]
 
 
+def precision_kwargs(backend: str, precision: str | None = "auto") -> dict:
+    """``load_model`` options for a compute precision ("auto", "float32", "bfloat16").
+
+    The compact backend takes ``precision`` (autocast around LiteMedSAM); sam3 takes ``dtype``
+    (the weights are cast). "auto" (or None) passes nothing: compact runs float32 and sam3 keeps
+    the checkpoint's stored dtype.
+    """
+    if precision in (None, "", "auto"):
+        return {}
+    return {"dtype": precision} if backend == "sam3" else {"precision": precision}
+
+
 def load_model(backend: str = "compact", checkpoint: str | None = None, **kwargs) -> Segmenter:
     """Build a segmenter.
 

@@ -159,6 +159,13 @@ class CompactSegmenter(Segmenter):
         self.calibration = {k.lower(): tuple(v) for k, v in (calibration or {}).items()}
         self.key_spacing_mm = key_spacing_mm
         self.encode_batch: int | None = None  # planes per encoder pass; set on first use
+        if feature_cache and sam.precision != "float32":
+            raise ValueError("the feature cache holds float32 encodings: use precision float32")
+
+    @property
+    def precision(self) -> str:
+        """Compute precision of LiteMedSAM ("float32" or "bfloat16"; the head is float32)."""
+        return self.sam.precision
 
     # --- plane-level verbs (used by propagate.py too) ---------------------------------------
     @torch.inference_mode()
@@ -555,7 +562,7 @@ def _box(sl: tuple[slice, slice]) -> tuple[int, int, int, int]:
 
 
 def build_compact(
-    checkpoint: str | Path | None = None, device: str = "cpu", **kw
+    checkpoint: str | Path | None = None, device: str = "cpu", precision: str = "float32", **kw
 ) -> CompactSegmenter:
     """Build the compact segmenter.
 
@@ -563,6 +570,8 @@ def build_compact(
         checkpoint: concept head .safetensors (None = the shipped head).
         device: "cpu", "cuda" or "cuda:N" (LiteMedSAM, the head and the modality classifier
             run there; MiniLM stays on the CPU, its phrase vectors are cached).
+        precision: LiteMedSAM's compute precision, "float32" or "bfloat16" (autocast; see
+            :class:`medsam3.models.litemedsam.LiteMedSAM`).
         **kw: CompactSegmenter options (presence_threshold, iou_gate, max_refine, min_area).
 
     Returns:
@@ -575,7 +584,8 @@ def build_compact(
     kw.setdefault("calibration", info.get("presence_calibration"))
     if "presence_threshold" in info:
         kw.setdefault("presence_threshold", float(info["presence_threshold"]))
-    return CompactSegmenter(head, LiteMedSAM(device=device), digest, **kw)
+    sam = LiteMedSAM(device=device, precision=precision)
+    return CompactSegmenter(head, sam, digest, **kw)
 
 
 def _check_device(device: str) -> None:

@@ -115,6 +115,11 @@ class Sam3Segmenter(Segmenter):
             # tensor and then keeps every detection anyway; skipping it gives the same result
             video_model.det_nms_thresh = 0.0
 
+    @property
+    def precision(self) -> str:
+        """dtype of the weights SAM 3 runs in ("float32", "bfloat16", ...)."""
+        return str(self.dtype).removeprefix("torch.")
+
     # ----------------------------------------------------------------- numpy API
     def segment(
         self,

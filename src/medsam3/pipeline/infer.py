@@ -42,7 +42,7 @@ from medsam3.io.zarr_store import (
     write_label,
 )
 from medsam3.models.base import ConceptResult, Segmenter
-from medsam3.models.build import load_model, resolve_device
+from medsam3.models.build import load_model, precision_kwargs, resolve_device
 from medsam3.models.concepts import log_unknown_phrases
 from medsam3.models.inputs import InputError
 from medsam3.models.orientation import segment_in_display_order
@@ -67,8 +67,8 @@ AGENT_KEYS = ("critic_score", "agent_rounds", "review", "agent_action")
 
 
 def _done_concepts(store: Path, concepts: list[str], model: Segmenter) -> set[str]:
-    """Phrases whose label holds this exact phrase, from this backend, checkpoint, agent mode
-    and key-slice spacing."""
+    """Phrases whose label holds this exact phrase, from this backend, checkpoint, agent mode,
+    key-slice spacing and precision (labels written before precision was recorded: float32)."""
     existing = set(list_labels(store))
     done = set()
     for phrase in concepts:
@@ -80,6 +80,7 @@ def _done_concepts(store: Path, concepts: list[str], model: Segmenter) -> set[st
                 and attrs.get("checkpoint_digest") == model.checkpoint_digest
                 and attrs.get("agent") == _agent_mode(model)
                 and attrs.get("key_spacing_mm") == getattr(model, "key_spacing_mm", None)
+                and attrs.get("precision", "float32") == getattr(model, "precision", "float32")
             ):
                 done.add(phrase)
     return done
@@ -146,6 +147,7 @@ def _store_result(store: Path, result: ConceptResult, model: Segmenter) -> None:
         "display_order": result.extra.get("display_order"),  # volumes: flips the model saw
         "presence_threshold": getattr(model, "presence_threshold", None),
         "key_spacing_mm": getattr(model, "key_spacing_mm", None),  # volumes: key slices
+        "precision": getattr(model, "precision", None),
         "encoded_slices": result.extra.get("encoded_slices"),
         "agent": _agent_mode(model),
         **{k: result.extra[k] for k in AGENT_KEYS if k in result.extra},
@@ -382,14 +384,14 @@ def progress_line(shard: str, index: int, total: int, record: StudyStatus) -> st
 
 
 def _model_kwargs(model: ModelSettings) -> dict:
-    """Backend options of ``load_model``: the resolved device, the LoRA adapter if any, and
-    the compact backend's key-slice spacing when configured."""
+    """Backend options of ``load_model``: the resolved device, the LoRA adapter if any, the
+    compact backend's key-slice spacing when configured, and the precision unless "auto"."""
     kwargs = {"device": resolve_device(model.backend, model.device)}
     if model.lora:
         kwargs["lora"] = model.lora
     if model.backend == "compact" and model.key_spacing_mm is not None:
         kwargs["key_spacing_mm"] = model.key_spacing_mm
-    return kwargs
+    return kwargs | precision_kwargs(model.backend, model.precision)
 
 
 def read_stored(study: Study, settings: SegmentSettings) -> MedImage | None:

@@ -116,8 +116,8 @@ def segment_file(
         image: the input already read (the CLI reads it before loading the model).
 
     Returns:
-        The summary: input kind, modality, spacing unit, backend, and per concept presence,
-        n_instances, n_components, instance scores, voxels and area_px / area_mm2 /
+        The summary: input kind, modality, spacing unit, backend, precision, and per concept
+        presence, n_instances, n_components, instance scores, voxels and area_px / area_mm2 /
         volume_ml (mm only with physical spacing), and the files written.
     """
     image = image if image is not None else read_source(input_path, modality=modality)
@@ -133,6 +133,7 @@ def segment_file(
         "spacing_unit": image.spacing_unit,
         "backend": model.name,
         "checkpoint_digest": model.checkpoint_digest,
+        "precision": getattr(model, "precision", None),
         "concepts": entries,
     }
     if multilabel:

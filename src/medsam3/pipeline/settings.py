@@ -52,6 +52,7 @@ class ModelSettings:
     lora: str
     device: str
     key_spacing_mm: float | None = None  # compact: None keeps the backend's default
+    precision: str = "auto"  # auto: compact float32, sam3 the checkpoint's stored dtype
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> ModelSettings:
@@ -63,6 +64,7 @@ class ModelSettings:
             model["lora"],
             model["device"],
             model.get("key_spacing_mm"),
+            model.get("precision", "auto"),
         )
 
 
