@@ -76,6 +76,7 @@ class AgentSegmenter(Segmenter):
         self.base, self.config = base, config
         self.priors = priors or load_priors()
         self.name, self.checkpoint_digest = base.name, base.checkpoint_digest
+        self.precision = base.precision
         self.chooser = MllmChooser(config) if config.mode == "mllm" else None
 
     def __getattr__(self, item: str):

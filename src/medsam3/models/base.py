@@ -84,12 +84,14 @@ def mask_box(mask: np.ndarray) -> tuple[int, ...]:
 class Segmenter(ABC):
     """A text-promptable concept segmenter.
 
-    Subclasses set ``name`` and ``checkpoint_digest`` and implement :meth:`segment`; a backend
-    that can name an image's modality overrides :meth:`recognise_modality`.
+    Subclasses set ``name``, ``checkpoint_digest`` and ``precision`` (the dtype they compute
+    in, recorded with every stored result) and implement :meth:`segment`; a backend that can
+    name an image's modality overrides :meth:`recognise_modality`.
     """
 
     name: str = "base"
     checkpoint_digest: str = ""
+    precision: str = "float32"
 
     def recognise_modality(self, array: np.ndarray) -> ModalityGuess:
         """The modality an image shows, for backends with a modality classifier.

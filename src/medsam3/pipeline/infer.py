@@ -80,7 +80,7 @@ def _done_concepts(store: Path, concepts: list[str], model: Segmenter) -> set[st
                 and attrs.get("checkpoint_digest") == model.checkpoint_digest
                 and attrs.get("agent") == _agent_mode(model)
                 and attrs.get("key_spacing_mm") == getattr(model, "key_spacing_mm", None)
-                and attrs.get("precision", "float32") == getattr(model, "precision", "float32")
+                and attrs.get("precision", "float32") == model.precision
             ):
                 done.add(phrase)
     return done
@@ -147,7 +147,7 @@ def _store_result(store: Path, result: ConceptResult, model: Segmenter) -> None:
         "display_order": result.extra.get("display_order"),  # volumes: flips the model saw
         "presence_threshold": getattr(model, "presence_threshold", None),
         "key_spacing_mm": getattr(model, "key_spacing_mm", None),  # volumes: key slices
-        "precision": getattr(model, "precision", None),
+        "precision": model.precision,
         "encoded_slices": result.extra.get("encoded_slices"),
         "agent": _agent_mode(model),
         **{k: result.extra[k] for k in AGENT_KEYS if k in result.extra},

@@ -133,7 +133,7 @@ def segment_file(
         "spacing_unit": image.spacing_unit,
         "backend": model.name,
         "checkpoint_digest": model.checkpoint_digest,
-        "precision": getattr(model, "precision", None),
+        "precision": model.precision,
         "concepts": entries,
     }
     if multilabel:

@@ -206,10 +206,11 @@ def grow_from(head: ConceptHead, state: dict[str, torch.Tensor]) -> None:
             own[name][:, : value.shape[1]] = value
         else:
             raise ValueError(f"{name}: {tuple(value.shape)} cannot start {tuple(own[name].shape)}")
-    for name in own:
-        if name.startswith("context.") and name not in state and name.endswith(".1.weight"):
-            own[name] = torch.zeros_like(own[name])  # the block's GroupNorm gain
     head.load_state_dict(own)
+    for i, block in enumerate(head.context):
+        if not any(name.startswith(f"context.{i}.") for name in state):
+            norm = next(m for m in block if isinstance(m, torch.nn.GroupNorm))
+            torch.nn.init.zeros_(norm.weight)  # the residual adds nothing until trained
 
 
 def _wider_input(own: torch.Size, old: torch.Size) -> bool:
