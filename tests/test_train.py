@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -14,6 +15,8 @@ def test_tiny_training_writes_a_head_and_resumes(shared_data, tmp_path, monkeypa
     import torch
 
     from medsam3.models.compact import build_compact, load_head
+    from medsam3.training.fit_heads import MASK_MARGINS
+    from medsam3.training.fit_heads import main as fit_main
     from medsam3.training.train import main, train
 
     monkeypatch.setenv("MEDSAM3_CACHE", str(tmp_path / "cache"))
@@ -39,9 +42,14 @@ def test_tiny_training_writes_a_head_and_resumes(shared_data, tmp_path, monkeypa
     assert len(info["sha256"]) == 64 and info["training"]["step"] in (1, 2)
     assert info["modality_classes"] and "default" in info["presence_calibration"]
     head, digest, loaded = load_head(out)
-    assert digest == info["sha256"] and loaded["modality_head"].classes == info["modality_classes"]
+    assert info["sha256"] == hashlib.sha256(out.read_bytes()).hexdigest()
+    both = out.read_bytes() + out.with_suffix(".json").read_bytes()
+    assert digest == hashlib.sha256(both).hexdigest(), "the digest covers weights and JSON"
+    assert loaded["modality_head"].classes == info["modality_classes"]
     model = build_compact(out)
     assert model.modality_head is not None and "default" in model.calibration
+    assert set(info["mask_margin_val"]) == {str(m) for m in MASK_MARGINS}
+    assert info["mask_margin"] in MASK_MARGINS and model.mask_margin == info["mask_margin"]
     last = tmp_path / "cache" / "train" / "tiny" / "last.pt"
     assert torch.load(last, weights_only=True)["step"] == 2
     n_features = len(list((tmp_path / "cache" / "features").glob("*.safetensors")))
@@ -53,6 +61,16 @@ def test_tiny_training_writes_a_head_and_resumes(shared_data, tmp_path, monkeypa
     path.write_text(yaml.safe_dump(config), encoding="utf-8")
     main(str(path))
     assert torch.load(last, weights_only=True)["step"] == 3
+    assert len(list((tmp_path / "cache" / "features").glob("*.safetensors"))) == n_features
+
+    # refitting the mask cut rewrites the JSON only, from the cached val features
+    weights, info_path = out.read_bytes(), out.with_suffix(".json")
+    info = json.loads(info_path.read_text(encoding="utf-8"))
+    info_path.write_text(json.dumps(info | {"mask_margin": 9}), encoding="utf-8")
+    fit_main([str(out), "--config", str(path)])
+    refitted = json.loads(info_path.read_text(encoding="utf-8"))
+    assert refitted["mask_margin"] in MASK_MARGINS and refitted["sha256"] == info["sha256"]
+    assert out.read_bytes() == weights
     assert len(list((tmp_path / "cache" / "features").glob("*.safetensors"))) == n_features
 
 

@@ -115,9 +115,9 @@ def alternative_phrases(phrase: str) -> list[str]:
 
 
 def dense_mask(ctx: PlaneContext, dense: torch.Tensor, offset: float = 0.0) -> np.ndarray:
-    """(y, x) bool mask of (1, 256, 256) dense logits above ``offset``, original pixels."""
-    logits = logits_to_original(dense[None].to(torch.float32) - offset, ctx.state.prep)
-    return (logits[0, 0] > 0).cpu().numpy()
+    """(y, x) bool mask of (1, 256, 256) dense logits, original pixels: the model's own cut
+    (:meth:`medsam3.models.compact.CompactSegmenter.dense_mask`) moved by ``offset``."""
+    return ctx.model.dense_mask(ctx.state, dense, offset)
 
 
 def box_of(mask: np.ndarray) -> np.ndarray:

@@ -32,6 +32,7 @@ from medsam3.models.litemedsam import (
     LiteMedSAM,
     Prepared,
     logits_to_mask,
+    logits_to_original,
     prepare_image,
 )
 from medsam3.models.modality import ModalityGuess, ModalityHead, modality_features
@@ -61,8 +62,11 @@ def load_head(checkpoint: str | Path | None = None) -> tuple[ConceptHead, str, d
         checkpoint: path; None = the shipped head.
 
     Returns:
-        (head in eval mode, sha256 of the file, sibling JSON info or {}). When the file also
-        holds a modality classifier (``modality.*`` tensors), info["modality_head"] is it.
+        (head in eval mode, digest, sibling JSON info or {}). The digest is the sha256 of the
+        weights followed by the JSON, which holds what changes outputs without changing the
+        weights (calibration, mask cut, no_refine), so a refit reads as another checkpoint.
+        When the file also holds a modality classifier (``modality.*`` tensors),
+        info["modality_head"] is it.
     """
     path = Path(checkpoint) if checkpoint else default_checkpoint()
     if not path.is_file():
@@ -78,7 +82,8 @@ def load_head(checkpoint: str | Path | None = None) -> tuple[ConceptHead, str, d
             "(pickled .pt/.pth checkpoints are refused for safety)"
         ) from err
     info_path = path.with_suffix(".json")
-    info = json.loads(info_path.read_text(encoding="utf-8")) if info_path.is_file() else {}
+    info_text = info_path.read_bytes() if info_path.is_file() else b""
+    info = json.loads(info_text) if info_text else {}
     head = ConceptHead(HeadConfig(**info.get("config", {})))
     modality = {
         k.removeprefix("modality."): v for k, v in state.items() if k.startswith("modality.")
@@ -90,7 +95,7 @@ def load_head(checkpoint: str | Path | None = None) -> tuple[ConceptHead, str, d
             info["modality_head"].load_state_dict(modality)
     except (RuntimeError, KeyError) as err:
         raise ValueError(f"{path} does not hold a compact concept head: {err}") from err
-    return head.eval(), hashlib.sha256(path.read_bytes()).hexdigest(), info
+    return head.eval(), hashlib.sha256(path.read_bytes() + info_text).hexdigest(), info
 
 
 @dataclass
@@ -109,7 +114,7 @@ class CompactSegmenter(Segmenter):
     Args:
         head: trained concept head.
         sam: LiteMedSAM wrapper.
-        digest: sha256 of the head file.
+        digest: fingerprint of the head (load_head: its weights and JSON).
         presence_threshold: presence above which a concept is reported present.
         iou_gate: minimum IoU between decoder and dense masks to keep the decoder mask.
         max_refine: instances refined by the decoder per concept (largest first).
@@ -126,6 +131,9 @@ class CompactSegmenter(Segmenter):
         key_spacing_mm: volumes with known spacing are encoded every ~this many mm and
             interpolated between (:func:`medsam3.models.propagate.slice_stride`); None encodes
             every slice.
+        mask_margin: where the head is unsure of a mask (its peak logit below this), the dense
+            mask is cut at ``peak - mask_margin`` instead of 0 (:meth:`dense_threshold`);
+            None always cuts at 0. Fitted on val with the head (``mask_margin`` in its JSON).
     """
 
     name = "compact"
@@ -146,6 +154,7 @@ class CompactSegmenter(Segmenter):
         modality_head: ModalityHead | None = None,
         calibration: dict[str, tuple[float, float]] | None = None,
         key_spacing_mm: float | None = KEY_SPACING_MM,
+        mask_margin: float | None = None,
     ) -> None:
         self.head, self.sam, self.checkpoint_digest = head, sam, digest
         self.presence_threshold, self.iou_gate = presence_threshold, iou_gate
@@ -157,7 +166,7 @@ class CompactSegmenter(Segmenter):
         self.feature_cache = feature_cache
         self.modality_head = modality_head.to(self.device) if modality_head is not None else None
         self.calibration = {k.lower(): tuple(v) for k, v in (calibration or {}).items()}
-        self.key_spacing_mm = key_spacing_mm
+        self.key_spacing_mm, self.mask_margin = key_spacing_mm, mask_margin
         self.encode_batch: int | None = None  # planes per encoder pass; set on first use
         if feature_cache and sam.precision != "float32":
             raise ValueError("the feature cache holds float32 encodings: use precision float32")
@@ -288,6 +297,27 @@ class CompactSegmenter(Segmenter):
             out[k] = max(out[k], by_name[parent])
         return out
 
+    def dense_threshold(self, logits: torch.Tensor, relative: bool = True) -> float:
+        """Logit cut of a dense mask: 0, or ``peak - mask_margin`` where the peak is lower.
+
+        A head unsure of a small or faint structure on a 2D image (its peak logit below the
+        margin) still marks where it is most sure; on val this raised Dice most for CT/MRI
+        anatomy (docs/model_card.md, "Mask cut"). Volumes and videos pass ``relative=False``
+        (cut at 0): there the empty mask of a slice where the head is unsure ends the object.
+        """
+        if not relative or self.mask_margin is None or not logits.numel():
+            return 0.0
+        return min(0.0, float(logits.max()) - self.mask_margin)
+
+    @torch.inference_mode()
+    def dense_mask(
+        self, state: PlaneState, dense: torch.Tensor, offset: float = 0.0, relative: bool = True
+    ) -> np.ndarray:
+        """(1, 256, 256) dense logits -> (y, x) bool mask in original pixels, cut at
+        :meth:`dense_threshold` + ``offset`` (negative relaxes, positive tightens)."""
+        logits = logits_to_original(dense[None].float(), state.prep)[0, 0]
+        return (logits > self.dense_threshold(logits, relative) + offset).cpu().numpy()
+
     @torch.inference_mode()
     def decoder_masks(self, state: PlaneState, boxes=None, points=None) -> np.ndarray:
         """LiteMedSAM decoder masks from prompts in original pixels (boxes in chunks of 32).
@@ -317,21 +347,27 @@ class CompactSegmenter(Segmenter):
         return out
 
     @torch.inference_mode()
-    def refine(self, state: PlaneState, dense: torch.Tensor, phrase: str) -> np.ndarray:
+    def refine(
+        self, state: PlaneState, dense: torch.Tensor, phrase: str, relative: bool = True
+    ) -> np.ndarray:
         """Dense logits -> final (y, x) bool mask: decoder-refined, then kept to its side.
 
         Args:
             state: encoded plane.
             dense: (1, 256, 256) dense logits in the padded frame.
             phrase: the concept (per-phrase refinement switch; side of "left kidney").
+            relative: cut an unsure mask below its peak (:meth:`dense_threshold`; 2D images).
 
         Returns:
             (y, x) bool mask in original pixels.
         """
-        return self._keep_side(state, self._refine_components(state, dense, phrase), phrase)
+        mask = self._refine_components(state, dense, phrase, relative)
+        return self._keep_side(state, mask, phrase, relative)
 
     @torch.inference_mode()
-    def _keep_side(self, state: PlaneState, mask: np.ndarray, phrase: str) -> np.ndarray:
+    def _keep_side(
+        self, state: PlaneState, mask: np.ndarray, phrase: str, relative: bool = True
+    ) -> np.ndarray:
         """Keep a "left X" / "right X" mask to the patient's side of the paired organ X.
 
         The head tells left from right poorly (it segments both lungs for "left lung"). Where
@@ -346,7 +382,7 @@ class CompactSegmenter(Segmenter):
             return mask
         side, base = pair
         _, logits = self.head.decode(state.feats, self._text([base]))
-        both = logits_to_mask(logits, state.prep)[0]
+        both = self.dense_mask(state, logits[0], relative=relative)
         midline = bilateral_midline(both)
         if midline is None:
             return mask
@@ -354,9 +390,11 @@ class CompactSegmenter(Segmenter):
         keep = columns > midline if side == "left" else columns < midline
         return (mask | both) & keep[None, :]
 
-    def _refine_components(self, state: PlaneState, dense: torch.Tensor, phrase: str):
+    def _refine_components(
+        self, state: PlaneState, dense: torch.Tensor, phrase: str, relative: bool = True
+    ) -> np.ndarray:
         """Dense mask -> decoder mask per large component where they agree (IoU >= iou_gate)."""
-        mask = logits_to_mask(dense[None], state.prep)[0]
+        mask = self.dense_mask(state, dense, relative=relative)
         if phrase in self.no_refine or resolve(phrase) in self.no_refine or not mask.any():
             return mask
         labels, n = ndimage.label(mask)
@@ -582,6 +620,7 @@ def build_compact(
     kw.setdefault("no_refine", tuple(info.get("no_refine", ())))
     kw.setdefault("modality_head", info.get("modality_head"))
     kw.setdefault("calibration", info.get("presence_calibration"))
+    kw.setdefault("mask_margin", info.get("mask_margin"))
     if "presence_threshold" in info:
         kw.setdefault("presence_threshold", float(info["presence_threshold"]))
     sam = LiteMedSAM(device=device, precision=precision)

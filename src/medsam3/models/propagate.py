@@ -2,13 +2,14 @@
 
 Every slice / frame is encoded once (the LiteMedSAM mask decoder needs its embedding anyway) and
 the concept head scores every phrase on it (cheap). Slices whose presence passes the threshold
-are key slices: their mask comes from the head (dense + decoder refinement), which also catches
-new instances. Presence is then read with hysteresis: a run of consecutive slices whose
-presence stays above ``extend_threshold`` keeps the head's masks when it holds a key slice (an
-object seen clearly on one slice is trusted on the neighbouring, less certain ones). From there
-the mask is propagated slice to slice into neighbours the head left empty, prompting the
-LiteMedSAM decoder with the previous slice's box; the propagation stops where presence drops
-below ``stop_threshold`` or the propagated mask vanishes or jumps in size.
+are key slices: their mask comes from the head (dense mask cut at logit 0, not below the slice's
+peak as on 2D images, since an empty slice is what ends an object; then decoder refinement),
+which also catches new instances. Presence is then read with hysteresis: a run of consecutive
+slices whose presence stays above ``extend_threshold`` keeps the head's masks when it holds a
+key slice (an object seen clearly on one slice is trusted on the neighbouring, less certain
+ones). From there the mask is propagated slice to slice into neighbours the head left empty,
+prompting the LiteMedSAM decoder with the previous slice's box; the propagation stops where
+presence drops below ``stop_threshold`` or the propagated mask vanishes or jumps in size.
 
 Thin-sliced volumes need not be encoded on every slice: with a slice stride k > 1 (see
 :func:`slice_stride`) only every k-th slice (and the last) is encoded and read as above, and
@@ -212,7 +213,7 @@ def segment_compact_stack(
                 pres[p][k] = presence[i]
                 states[(p, k)] = state
                 if presence[i] >= min(extend_threshold, model.presence_threshold):
-                    detected[p][k] = model.refine(state, dense[i], p)
+                    detected[p][k] = model.refine(state, dense[i], p, relative=False)
             state.feats = {}  # keep only what the decoder needs
     encoded = set(keys)
     flat = [z for z in range(n) if z not in encoded and planes[z].min() == planes[z].max()]

@@ -129,7 +129,7 @@ SEGMENTS_SCHEMA = pa.schema(
             "result (concept rows; null when off)",
         ),
         _f("backend", _STR, "segmentation backend"),
-        _f("checkpoint_digest", _STR, "sha256 of the checkpoint"),
+        _f("checkpoint_digest", _STR, "sha256 of the checkpoint (compact: weights and their JSON)"),
     ]
 )
 
@@ -190,7 +190,7 @@ PROVENANCE_SCHEMA = pa.schema(
         _f("git_commit", _STR, "source commit ('-dirty' when modified), null outside git"),
         _f("config_sha256", _STR, "sha256 of the canonical JSON config"),
         _f("backend", _STR, "segmentation backend"),
-        _f("checkpoint_digest", _STR, "sha256 of the checkpoint"),
+        _f("checkpoint_digest", _STR, "sha256 of the checkpoint (compact: weights and their JSON)"),
         _f("start", _STR, "UTC ISO-8601 start"),
         _f("end", _STR, "UTC ISO-8601 end"),
         _f("duration_s", _F64, "end - start in seconds"),

@@ -1,17 +1,24 @@
-"""After the concept head: fit the modality classifier, the per-modality presence calibration
-and the list of concepts whose dense mask beats decoder refinement, all stored with the head.
+"""After the concept head: fit the modality classifier, the per-modality presence calibration,
+the dense mask's cut and the concepts whose dense mask beats decoder refinement, all stored
+with the head.
 
 - modality classifier (:class:`medsam3.models.modality.ModalityHead`): trained on the training
   views' pooled features, chosen by val accuracy;
 - presence calibration: per modality, a scale and a shift of the presence logit fitted on val
   (Platt scaling, pulled towards the identity where a modality has few val pairs), so that
   presence 0.5 means the same on CT as on dermoscopy;
+- ``mask_margin``: the dense mask's cut where the head is unsure (peak logit - margin instead
+  of 0, :meth:`medsam3.models.compact.CompactSegmenter.dense_threshold`), the candidate with
+  the best val Dice;
 - ``no_refine``: concepts whose val Dice is higher with the dense mask than with the LiteMedSAM
-  decoder's refinement.
+  decoder's refinement (at the chosen margin).
+
+``python -m medsam3.training.fit_heads HEAD`` refits the last two for a trained head (JSON only).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 from collections import defaultdict
 from pathlib import Path
@@ -20,13 +27,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from medsam3.models.compact import CompactSegmenter
+from medsam3.models.compact import CompactSegmenter, build_compact
 from medsam3.models.concept_head import ConceptHead
-from medsam3.models.litemedsam import logits_to_mask
 from medsam3.models.modality import ModalityHead, modality_features
-from medsam3.training.head_file import save_head
+from medsam3.training.config import load_config
+from medsam3.training.head_file import save_head, update_head_info
 from medsam3.training.scores import dice
 from medsam3.training.validate import matthews, presence_logits
+from medsam3.training.views import training_views
 
 MIN_CALIBRATION_ROWS = 30  # fewer val presence rows: the modality uses the default calibration
 
@@ -115,19 +123,55 @@ def _platt(z, y, prior: tuple[float, float], strength: float) -> list[float]:
     return [round(float(v), 4) for v in params.detach()]
 
 
-def refinement_choice(model, samples) -> tuple[list[str], dict]:
-    """Concepts whose dense val mask beats the decoder-refined one (mean Dice over val)."""
-    saved, model.no_refine = model.no_refine, set()
-    scores: dict[str, list] = defaultdict(list)
+MASK_MARGINS = (None, 1.0, 2.0, 3.0, 4.0, 6.0)  # candidates for the dense mask's cut
+
+
+def refinement_choice(model, samples, margins=MASK_MARGINS) -> dict:
+    """The dense mask's cut (``mask_margin``) and the concepts that keep their dense mask.
+
+    For every candidate margin, each val pair's dense and decoder-refined masks are scored;
+    a concept keeps the better of the two (``no_refine`` lists those whose dense mask wins),
+    and the margin with the highest mean Dice over pairs of those final masks is chosen.
+
+    Args:
+        model: a CompactSegmenter (its ``mask_margin`` and ``no_refine`` are restored after).
+        samples: val planes (:class:`medsam3.training.data.Sample`).
+        margins: candidate margins; None cuts at logit 0.
+
+    Returns:
+        {"mask_margin", "no_refine", "refinement_val": {concept: {"dense", "refined", "n"}},
+        "mask_margin_val": {margin: mean Dice over pairs}}.
+    """
+    saved = model.mask_margin, model.no_refine
+    model.no_refine = set()
+    scores: dict = {m: defaultdict(list) for m in margins}
     for s in samples:
         state = model.encode_plane(s.load_rgb(), s.modality)
         pos = list(s.masks)
         _, dense = model.detect(state, pos)
         for k, c in enumerate(pos):
             gt = s.masks[c]()
-            plain = logits_to_mask(dense[k][None], state.prep)[0]
-            scores[c].append((dice(plain, gt), dice(model.refine(state, dense[k], c), gt)))
-    model.no_refine = saved
+            for margin in margins:
+                model.mask_margin = margin
+                plain = model.dense_mask(state, dense[k])
+                refined = model.refine(state, dense[k], c)
+                scores[margin][c].append((dice(plain, gt), dice(refined, gt)))
+    model.mask_margin, model.no_refine = saved
+    fits = {m: _refinement_table(v) for m, v in scores.items()}
+    by_margin = {m: fit[2] for m, fit in fits.items()}
+    best = max(margins, key=lambda m: by_margin[m])
+    table, keep_dense, _ = fits[best]
+    return {
+        "mask_margin": best,
+        "no_refine": keep_dense,
+        "refinement_val": table,
+        "mask_margin_val": {str(m): round(v, 4) for m, v in by_margin.items()},
+    }
+
+
+def _refinement_table(scores: dict) -> tuple[dict, list[str], float]:
+    """Per-concept mean dense / refined Dice, the concepts whose dense mask wins, and the mean
+    Dice over pairs when every concept keeps its better mask."""
     table = {
         c: {
             "dense": round(float(np.mean([a for a, _ in v])), 4),
@@ -136,7 +180,9 @@ def refinement_choice(model, samples) -> tuple[list[str], dict]:
         }
         for c, v in sorted(scores.items())
     }
-    return [c for c, r in table.items() if r["dense"] > r["refined"]], table
+    keep_dense = [c for c, r in table.items() if r["dense"] > r["refined"]]
+    final = [a if c in keep_dense else b for c, v in scores.items() for a, b in v]
+    return table, keep_dense, float(np.mean(final)) if final else 0.0
 
 
 def finish(output: Path, head: ConceptHead, train: dict, val: dict, phrases, easy, sam) -> dict:
@@ -163,10 +209,37 @@ def finish(output: Path, head: ConceptHead, train: dict, val: dict, phrases, eas
         calibration=facts["presence_calibration"],
     )
     planes = list({s.item_id: s for s in val["samples"]}.values())
-    facts["no_refine"], facts["refinement_val"] = refinement_choice(model, planes)
+    facts |= refinement_choice(model, planes)
     info = json.loads(output.with_suffix(".json").read_text(encoding="utf-8"))
     info = {k: v for k, v in info.items() if k not in ("config", "concepts", "sha256")}
     more = {f"modality.{k}": v for k, v in modality.state_dict().items()}
     extra = {**info, **facts, "modality_classes": modality.classes, "presence_threshold": 0.5}
     save_head(head, output, extra, more)
     return facts
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Refit a trained head's dense mask cut and no_refine on val; only its JSON changes.
+
+    Usage: ``python -m medsam3.training.fit_heads HEAD.safetensors [--config CONFIG]`` (the
+    val planes of CONFIG, encoded into the feature cache on first use).
+    """
+    ap = argparse.ArgumentParser(description=main.__doc__.splitlines()[0])
+    ap.add_argument("head")
+    ap.add_argument("--config", default="configs/train_compact.yaml")
+    args = ap.parse_args(argv)
+    config = load_config(args.config)
+    torch.set_num_threads(config.get("threads", 2))
+    model = build_compact(args.head, feature_cache=True)
+    val = training_views(config, "val", model.sam)
+    planes = list({s.item_id: s for s in val["samples"]}.values())
+    facts = refinement_choice(model, planes)
+    print(
+        f"mask_margin {facts['mask_margin']} (val Dice over pairs by margin: "
+        f"{facts['mask_margin_val']}); no_refine {facts['no_refine']}"
+    )
+    print(f"wrote {update_head_info(Path(args.head), facts)}")
+
+
+if __name__ == "__main__":
+    main()

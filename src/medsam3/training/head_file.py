@@ -8,6 +8,7 @@ from pathlib import Path
 
 from safetensors.torch import save_file
 
+from medsam3.io.atomic import atomic_path
 from medsam3.models.concept_head import ConceptHead
 from medsam3.models.concepts import load_vocabulary
 
@@ -40,3 +41,16 @@ def save_head(head: ConceptHead, path: Path, extra: dict, more: dict | None = No
     }
     path.with_suffix(".json").write_text(json.dumps(info, indent=1), encoding="utf-8")
     return path
+
+
+def update_head_info(path: Path, facts: dict) -> Path:
+    """Replace ``facts``' keys in a head's sibling JSON (atomically; the weights are untouched).
+
+    Returns:
+        The JSON path.
+    """
+    info_path = Path(path).with_suffix(".json")
+    info = json.loads(info_path.read_text(encoding="utf-8")) | facts
+    with atomic_path(info_path) as tmp:
+        tmp.write_text(json.dumps(info, indent=1), encoding="utf-8")
+    return info_path
