@@ -34,7 +34,7 @@ from medsam3.training.config import load_config
 from medsam3.training.head_file import save_head, update_head_info
 from medsam3.training.scores import dice
 from medsam3.training.validate import matthews, presence_logits
-from medsam3.training.views import training_views
+from medsam3.training.views import split_samples
 
 MIN_CALIBRATION_ROWS = 30  # fewer val presence rows: the modality uses the default calibration
 
@@ -231,8 +231,8 @@ def main(argv: list[str] | None = None) -> None:
     config = load_config(args.config)
     torch.set_num_threads(config.get("threads", 2))
     model = build_compact(args.head, feature_cache=True)
-    val = training_views(config, "val", model.sam)
-    planes = list({s.item_id: s for s in val["samples"]}.values())
+    samples, _ = split_samples(config, "val")  # the planes finish() scores; no views loaded
+    planes = list({s.item_id: s for s in samples}.values())
     facts = refinement_choice(model, planes)
     print(
         f"mask_margin {facts['mask_margin']} (val Dice over pairs by margin: "

@@ -185,6 +185,19 @@ def training_views(config: dict, split: str, sam: LiteMedSAM) -> dict:
     Returns:
         The tensors of :func:`medsam3.training.views.load_views`.
     """
+    samples, counts = split_samples(config, split)
+    views = plan_views(samples, counts, config.get("seed", 0))
+    index = encode_views(views, sam, cache_dir() / f"views_{split}.json")
+    return load_views(views, index) | {"samples": [v.sample for v in views]}
+
+
+def split_samples(config: dict, split: str) -> tuple[list[Sample], dict[str, int]]:
+    """The planes of one split that :func:`training_views` reads, and their augmented-view
+    counts (train only), without encoding anything.
+
+    Returns:
+        ([Sample], {sample key: augmented views}).
+    """
     root = Path(config["data_root"])
     caps = config.get("per_dataset_max", {}).get(split, {})
     samples = build_samples(root, (split,), caps, config.get("volume_slices", 3))
@@ -195,7 +208,4 @@ def training_views(config: dict, split: str, sam: LiteMedSAM) -> dict:
         counts = augment_counts(samples, config.get("augment_target", 0), low, high)
     excluded = set(config.get("exclude_datasets", []))
     samples = [s for s in samples if s.dataset not in excluded]
-    samples = samples[: config.get("max_samples", len(samples))]
-    views = plan_views(samples, counts, config.get("seed", 0))
-    index = encode_views(views, sam, cache_dir() / f"views_{split}.json")
-    return load_views(views, index) | {"samples": [v.sample for v in views]}
+    return samples[: config.get("max_samples", len(samples))], counts
