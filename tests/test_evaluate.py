@@ -103,3 +103,9 @@ def test_summary_tables_by_modality_dataset_and_concept():
     assert s["presence_mcc_hard"] < s["presence_mcc"], "the hard negative is the false alarm"
     assert s["modality_accuracy"] == 0.5 and s["modality_confusions"] == {"ct -> mri": 1}
     assert s["synonym_dice_min"] == 1.0
+    # present = presence >= the model's threshold: at 0.5 the hard negative (0.7) is a false
+    # alarm (tp 3, fp 1, tn 1); at 0.75 it is not, and the positive at 0.6 is missed instead
+    assert s["presence_threshold"] == 0.5 and s["presence_mcc"] == pytest.approx(3 / 24**0.5, 1e-3)
+    high = summarise_images({"pairs": pairs, "presence": presence}, threshold=0.75)
+    assert high["presence_mcc"] == pytest.approx(4 / 6, abs=1e-3)
+    assert high["per_modality"]["xray"]["mcc"] == 1.0 and s["per_modality"]["xray"]["mcc"] == 1.0

@@ -132,6 +132,23 @@ def test_volume_end_to_end_on_mni_slab(model):
     assert res["polyp"].presence < model.presence_threshold
 
 
+def test_key_slices_need_the_extension_threshold_however_low_the_models(model, monkeypatch):
+    """The presence threshold is fitted on 2D images (0.25 in head v4.2); a volume's key
+    slices still need the hysteresis threshold (0.35), so a low threshold does not start
+    objects on every slice where a phrase scores a little."""
+    from nilearn.datasets import load_mni152_template
+
+    vol = load_mni152_template().get_fdata().astype(np.float32)
+    mid = vol.shape[2] // 2
+    slab = np.stack([np.rot90(vol[:, :, z]) for z in (mid - 6, mid, mid + 6)])
+    monkeypatch.setattr(model, "presence_threshold", 0.0)
+    res = model.segment(slab, ["brain", "polyp"], modality="mri", kind="volume")
+    polyp = res["polyp"]
+    assert 0 < max(polyp.extra["presence_per_slice"]) < 0.35, polyp.extra
+    assert not polyp.mask.any() and polyp.extra["detected_slices"] == []
+    assert res["brain"].mask.any(), "a confident concept still gets its mask"
+
+
 def test_blank_slices_are_not_encoded_and_score_zero(model):
     """A brain slab after two blank slices (a single grey level, as air or zero padding):
     the blank slices get presence 0 and no mask (the head alone scores a blank plane about

@@ -1,15 +1,16 @@
 """Volumes and videos with a 2D segmenter: detect per slice, then propagate between slices.
 
 Every slice / frame is encoded once (the LiteMedSAM mask decoder needs its embedding anyway) and
-the concept head scores every phrase on it (cheap). Slices whose presence passes the threshold
-are key slices: their mask comes from the head (dense mask cut at logit 0, not below the slice's
-peak as on 2D images, since an empty slice is what ends an object; then decoder refinement),
-which also catches new instances. Presence is then read with hysteresis: a run of consecutive
-slices whose presence stays above ``extend_threshold`` keeps the head's masks when it holds a
-key slice (an object seen clearly on one slice is trusted on the neighbouring, less certain
-ones). From there the mask is propagated slice to slice into neighbours the head left empty,
-prompting the LiteMedSAM decoder with the previous slice's box; the propagation stops where
-presence drops below ``stop_threshold`` or the propagated mask vanishes or jumps in size.
+the concept head scores every phrase on it (cheap). Slices whose presence passes the model's
+threshold, and at least ``extend_threshold``, are key slices: their mask comes from the head
+(dense mask cut at logit 0, not below the slice's peak as on 2D images, since an empty slice is
+what ends an object; then decoder refinement), which also catches new instances. Presence is
+then read with hysteresis: a run of consecutive slices whose presence stays above
+``extend_threshold`` keeps the head's masks when it holds a key slice (an object seen clearly on
+one slice is trusted on the neighbouring, less certain ones). From there the mask is propagated
+slice to slice into neighbours the head left empty, prompting the LiteMedSAM decoder with the
+previous slice's box; the propagation stops where presence drops below ``stop_threshold`` or the
+propagated mask vanishes or jumps in size.
 
 Thin-sliced volumes need not be encoded on every slice: with a slice stride k > 1 (see
 :func:`slice_stride`) only every k-th slice (and the last) is encoded and read as above, and
@@ -191,6 +192,9 @@ def segment_compact_stack(
         blank plane near 0.5).
     """
     planes, rng = _planes(stack, kind, modality)
+    # a key slice needs the model's presence threshold, and never less than the extension's
+    # (the threshold is fitted on 2D images; lower key thresholds were not measured on volumes)
+    key_threshold = max(model.presence_threshold, extend_threshold)
     n = len(planes)
     keys = key_slices(n, stride if kind == "volume" else 1)
     pres = {p: np.zeros(len(keys)) for p in phrases}
@@ -212,14 +216,14 @@ def segment_compact_stack(
             for i, p in enumerate(group):
                 pres[p][k] = presence[i]
                 states[(p, k)] = state
-                if presence[i] >= min(extend_threshold, model.presence_threshold):
+                if presence[i] >= min(extend_threshold, key_threshold):
                     detected[p][k] = model.refine(state, dense[i], p, relative=False)
             state.feats = {}  # keep only what the decoder needs
     encoded = set(keys)
     flat = [z for z in range(n) if z not in encoded and planes[z].min() == planes[z].max()]
     results = {}
     for p in phrases:
-        keep = hysteresis(pres[p], model.presence_threshold, extend_threshold)
+        keep = hysteresis(pres[p], key_threshold, extend_threshold)
         detected[p] = [m if keep[k] else np.zeros_like(m) for k, m in enumerate(detected[p])]
 
         def decode_box(k, box, p=p):

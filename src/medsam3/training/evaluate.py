@@ -219,9 +219,9 @@ def nibabel_volume(img, modality: str) -> MedImage:
     )
 
 
-def summarise(images: dict | None, video: dict, volumes: dict) -> dict:
-    """Image tables plus the video and volume Dice."""
-    summary = summarise_images(images) if images else {"n_pairs": 0}
+def summarise(images: dict | None, video: dict, volumes: dict, threshold: float = 0.5) -> dict:
+    """Image tables (presence MCC at the model's ``threshold``) plus video and volume Dice."""
+    summary = summarise_images(images, threshold) if images else {"n_pairs": 0}
     return {**summary, "video": {k: v["mean"] for k, v in video.items()}, "volumes": volumes}
 
 
@@ -261,10 +261,20 @@ def main(argv: list[str] | None = None) -> None:
     )
     ap.add_argument("--skip", nargs="*", default=[], choices=["images", "video", "volumes"])
     ap.add_argument("--max-volume-concepts", type=int, default=12)
+    ap.add_argument(
+        "--presence-threshold",
+        type=float,
+        default=None,
+        help="instead of the head's own; 0 segments every pair whatever its presence, so any "
+        "threshold can be scored afterwards (medsam3.training.presence_threshold)",
+    )
     args = ap.parse_args(argv)
     torch.set_num_threads(2)
     root = Path(args.data)
-    model = build_compact(args.checkpoint, feature_cache=True)
+    given = {"presence_threshold": args.presence_threshold}
+    model = build_compact(
+        args.checkpoint, feature_cache=True, **{k: v for k, v in given.items() if v is not None}
+    )
     caps = {"test": TEST_CAPS, "val": VAL_CAPS, "all": {"default": args.max_items}}[args.split]
     splits = SPLITS[args.split]
     images = None
@@ -279,7 +289,7 @@ def main(argv: list[str] | None = None) -> None:
         volumes = eval_volumes(model, root, args.max_volume_concepts, args.split)
         if args.split == "test":  # the MNI152 template is a held-out check, reported with test
             volumes |= eval_mni152(model)
-    summary = summarise(images, video, volumes)
+    summary = summarise(images, video, volumes, model.presence_threshold)
     summary["arguments"] = vars(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

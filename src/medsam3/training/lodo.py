@@ -4,18 +4,24 @@ Usage: ``python -m medsam3.training.lodo configs/lodo.yaml`` (resumable: finishe
 evaluations are kept). Writes ``<out>/<fold>/head.safetensors``, ``<out>/<fold>/<dataset
 slug>/summary.json`` and ``<out>/lodo.md`` (Dice per held-out dataset and concept, and their
 mean).
+
+``--presence-sweep`` (after the folds are trained) evaluates every held-out dataset again
+with every pair segmented, into ``<out>/<fold>/<dataset slug>/ungated/``, and prints the
+presence threshold sweep of :mod:`medsam3.training.presence_threshold`. ``--out`` reads and
+writes another folder of fold heads (e.g. copies whose JSON was refitted).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import re
-import sys
 from pathlib import Path
 
 import numpy as np
 import yaml
 
+from medsam3.training import presence_threshold
 from medsam3.training.data import read_manifest
 from medsam3.training.evaluate import main as evaluate_main
 from medsam3.training.train import train
@@ -38,24 +44,47 @@ def slug(name: str) -> str:
 
 
 def run_fold(
-    base: dict, fold: str, held_out: list[str], out: Path, max_items: int = 40
+    base: dict, fold: str, held_out: list[str], out: Path, max_items: int = 40, skip=()
 ) -> list[dict]:
-    """Train one fold (unless done) and evaluate each held-out dataset (unless done)."""
+    """Train one fold (unless done) and evaluate each held-out dataset not in skip (unless
+    done)."""
     head = out / fold / "head.safetensors"
     config = dict(base, output=str(head), run_name=f"lodo_{fold}", exclude_datasets=held_out)
     if not (out / fold / "done").is_file():
         train(config)
         (out / fold / "done").write_text("trained\n", encoding="utf-8")
     rows = []
-    for dataset in held_out:
+    for dataset in [d for d in held_out if d not in skip]:
         target = out / fold / slug(dataset)
-        if not (target / "summary.json").is_file():
-            args = ["--data", base["data_root"], "--checkpoint", str(head), "--out", str(target)]
-            args += ["--max-items", str(max_items), "--no-synonyms"]
-            evaluate_main([*args, "--split", "all", "--datasets", dataset])
+        evaluate_held_out(base["data_root"], head, dataset, target, max_items)
         summary = json.loads((target / "summary.json").read_text(encoding="utf-8"))["summary"]
         rows.append({"fold": fold, "dataset": dataset, **summary})
     return rows
+
+
+def evaluate_held_out(
+    data_root: str, head: Path, dataset: str, target: Path, max_items: int, *more: str
+) -> None:
+    """``evaluate --split all`` of one held-out dataset into target (unless done)."""
+    if (target / "summary.json").is_file():
+        return
+    args = ["--data", data_root, "--checkpoint", str(head), "--out", str(target)]
+    args += ["--max-items", str(max_items), "--no-synonyms", *more]
+    evaluate_main([*args, "--split", "all", "--datasets", dataset])
+
+
+def sweep_fold(
+    base: dict, fold: str, held_out: list[str], out: Path, max_items: int, skip=()
+) -> None:
+    """Evaluate a trained fold's held-out datasets with every pair segmented (unless done)."""
+    head = out / fold / "head.safetensors"
+    if not head.is_file():
+        raise FileNotFoundError(f"{head}: train the folds first (without --presence-sweep)")
+    for dataset in [d for d in held_out if d not in skip]:
+        target = out / fold / slug(dataset) / presence_threshold.UNGATED
+        evaluate_held_out(
+            base["data_root"], head, dataset, target, max_items, "--presence-threshold", "0"
+        )
 
 
 def table(rows: list[dict]) -> str:
@@ -75,20 +104,33 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(config_path: str) -> None:
-    """Run every fold of a LODO config and write the table."""
-    config = yaml.safe_load(Path(config_path).read_text(encoding="utf-8"))
+def main(argv: list[str] | None = None) -> None:
+    """Run every fold of a LODO config and write the table (or the presence sweep)."""
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("config", nargs="?", default="configs/lodo.yaml")
+    ap.add_argument("--presence-sweep", action="store_true", help="see the module docstring")
+    ap.add_argument("--out", default=None, help="folder of the folds (default: the config's)")
+    args = ap.parse_args(argv)
+    config = yaml.safe_load(Path(args.config).read_text(encoding="utf-8"))
     base = yaml.safe_load(Path(config["base"]).read_text(encoding="utf-8"))
     base.update(config.get("overrides") or {})  # e.g. fewer steps on a small budget
     names = sorted({r["source_dataset"] for r in read_manifest(Path(base["data_root"]))})
-    out = Path(config["out"])
+    out = Path(args.out or config["out"])
+    max_items = config.get("max_items", 40)
+    skip = match_datasets(names, config.get("not_evaluated") or [])
     rows = []
     for fold, prefixes in config["folds"].items():
         held_out = match_datasets(names, prefixes)
-        rows += run_fold(base, fold, held_out, out, config.get("max_items", 40))
+        if args.presence_sweep:
+            sweep_fold(base, fold, held_out, out, max_items, skip)
+            continue
+        rows += run_fold(base, fold, held_out, out, max_items, skip)
         (out / "lodo.md").write_text(table(rows), encoding="utf-8")
-    print(table(rows))
+    if args.presence_sweep:
+        print(presence_threshold.markdown(presence_threshold.fit(out)))
+    else:
+        print(table(rows))
 
 
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else "configs/lodo.yaml")
+    main()

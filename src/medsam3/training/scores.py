@@ -57,8 +57,12 @@ def _mean_by(rows: list[dict], key: str, value: str = "dice") -> dict:
     return {k: {"n": len(v), value: round(float(np.mean(v)), 4)} for k, v in sorted(groups.items())}
 
 
-def summarise_images(images: dict) -> dict:
+def summarise_images(images: dict, threshold: float = 0.5) -> dict:
     """Aggregate the rows of :func:`medsam3.training.evaluate.eval_images`.
+
+    Args:
+        images: the rows.
+        threshold: the model's presence threshold (MCC counts presence >= it as "present").
 
     Returns:
         Means over pairs and concepts, MCC (all negatives and hard ones only), per-concept,
@@ -83,13 +87,14 @@ def summarise_images(images: dict) -> dict:
         "mean_dice_concepts": round(float(np.mean([r["dice"] for r in per_concept.values()])), 4),
         "mean_gt_box_dice": round(mean_box, 4),
         "text_to_box_ratio": round(mean_dice / max(mean_box, 1e-9), 4),
-        "presence_mcc": round(matthews(y, p >= 0.5), 4),
-        "presence_mcc_hard": round(matthews(y[hard], p[hard] >= 0.5), 4),
+        "presence_threshold": threshold,
+        "presence_mcc": round(matthews(y, p >= threshold), 4),
+        "presence_mcc_hard": round(matthews(y[hard], p[hard] >= threshold), 4),
         "presence_n_pos": int(y.sum()),
         "presence_n_neg": int((1 - y).sum()),
         "per_concept": per_concept,
         "per_dataset": _mean_by(pairs, "dataset"),
-        "per_modality": _per_modality(pairs, presence),
+        "per_modality": _per_modality(pairs, presence, threshold),
         "calibration": reliability(y, p),
     }
     out |= _modality_accuracy(images.get("modality", []))
@@ -101,13 +106,13 @@ def summarise_images(images: dict) -> dict:
     return out
 
 
-def _per_modality(pairs: list[dict], presence: list[dict]) -> dict:
+def _per_modality(pairs: list[dict], presence: list[dict], threshold: float) -> dict:
     table = _mean_by(pairs, "modality")
     for m, row in table.items():
         sel = [r for r in presence if r["modality"] == m]
         y = np.array([r["label"] for r in sel])
         p = np.array([r["presence"] for r in sel])
-        row["mcc"] = round(matthews(y, p >= 0.5), 4)
+        row["mcc"] = round(matthews(y, p >= threshold), 4)
         row["ece"] = reliability(y, p)["ece"]
     return table
 
