@@ -271,10 +271,10 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     torch.set_num_threads(2)
     root = Path(args.data)
-    given = {"presence_threshold": args.presence_threshold}
-    model = build_compact(
-        args.checkpoint, feature_cache=True, **{k: v for k, v in given.items() if v is not None}
-    )
+    options = {}
+    if args.presence_threshold is not None:  # else the head's own
+        options["presence_threshold"] = args.presence_threshold
+    model = build_compact(args.checkpoint, feature_cache=True, **options)
     caps = {"test": TEST_CAPS, "val": VAL_CAPS, "all": {"default": args.max_items}}[args.split]
     splits = SPLITS[args.split]
     images = None

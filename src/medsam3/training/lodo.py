@@ -44,7 +44,12 @@ def slug(name: str) -> str:
 
 
 def run_fold(
-    base: dict, fold: str, held_out: list[str], out: Path, max_items: int = 40, skip=()
+    base: dict,
+    fold: str,
+    held_out: list[str],
+    out: Path,
+    max_items: int = 40,
+    skip: list[str] | tuple[str, ...] = (),
 ) -> list[dict]:
     """Train one fold (unless done) and evaluate each held-out dataset not in skip (unless
     done)."""
@@ -74,7 +79,12 @@ def evaluate_held_out(
 
 
 def sweep_fold(
-    base: dict, fold: str, held_out: list[str], out: Path, max_items: int, skip=()
+    base: dict,
+    fold: str,
+    held_out: list[str],
+    out: Path,
+    max_items: int,
+    skip: list[str] | tuple[str, ...] = (),
 ) -> None:
     """Evaluate a trained fold's held-out datasets with every pair segmented (unless done)."""
     head = out / fold / "head.safetensors"
