@@ -81,9 +81,10 @@ def compact():
 @pytest.mark.xfail(
     strict=True,
     reason=(
-        "known regression of head v3 (docs/model_card.md, Known limits): left/right "
-        "hippocampus presence 0.42 on MNI152 slices, below 0.5, so no mask to check the "
-        "side of"
+        "known regression of head v3 (docs/model_card.md, Known limits): on these MNI152 "
+        "slices left/right hippocampus pass presence (0.47-0.69 per slice, head v4.2) but "
+        "the head's dense mask stays below logit 0 (volumes are cut at 0), so there is no "
+        "mask to check the side of"
     ),
 )
 def test_left_hippocampus_of_a_ras_nifti_is_on_the_patients_left(compact, tmp_path):
@@ -101,7 +102,7 @@ def test_left_hippocampus_of_a_ras_nifti_is_on_the_patients_left(compact, tmp_pa
     summary = segment_file(tmp_path / "mni_hippocampus.nii.gz", phrases, tmp_path / "out", compact)
     lps_x = {}
     for phrase in phrases:
-        assert summary["concepts"][phrase]["presence"] > 0.5
+        assert summary["concepts"][phrase]["presence"] >= compact.presence_threshold
         mask = read_source(tmp_path / "out" / f"{phrase.replace(' ', '_')}.nii.gz")
         assert same_space(mask, source)
         z, y, x = np.nonzero(mask.array)
