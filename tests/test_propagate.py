@@ -116,12 +116,18 @@ def model():
     return load_model(backend="compact")
 
 
-def test_volume_end_to_end_on_mni_slab(model):
+@pytest.fixture(scope="module")
+def mni_slab() -> np.ndarray:
+    """Three axial MNI152 T1 slices, 6 slices apart around the middle."""
     from nilearn.datasets import load_mni152_template
 
     vol = load_mni152_template().get_fdata().astype(np.float32)
     mid = vol.shape[2] // 2
-    slab = np.stack([np.rot90(vol[:, :, z]) for z in (mid - 6, mid, mid + 6)])
+    return np.stack([np.rot90(vol[:, :, z]) for z in (mid - 6, mid, mid + 6)])
+
+
+def test_volume_end_to_end_on_mni_slab(model, mni_slab):
+    slab = mni_slab
     res = model.segment(slab, ["brain", "polyp"], modality="mri", kind="volume")
     for r in res.values():
         assert r.mask.shape == slab.shape and r.mask.dtype == np.uint8
@@ -132,17 +138,14 @@ def test_volume_end_to_end_on_mni_slab(model):
     assert res["polyp"].presence < model.presence_threshold
 
 
-def test_key_slices_need_the_extension_threshold_however_low_the_models(model, monkeypatch):
+def test_key_slices_need_the_extension_threshold_however_low_the_models(
+    model, mni_slab, monkeypatch
+):
     """The presence threshold is fitted on 2D images (0.25 in head v4.2); a volume's key
     slices still need the hysteresis threshold (0.35), so a low threshold does not start
     objects on every slice where a phrase scores a little."""
-    from nilearn.datasets import load_mni152_template
-
-    vol = load_mni152_template().get_fdata().astype(np.float32)
-    mid = vol.shape[2] // 2
-    slab = np.stack([np.rot90(vol[:, :, z]) for z in (mid - 6, mid, mid + 6)])
     monkeypatch.setattr(model, "presence_threshold", 0.0)
-    res = model.segment(slab, ["brain", "polyp"], modality="mri", kind="volume")
+    res = model.segment(mni_slab, ["brain", "polyp"], modality="mri", kind="volume")
     polyp = res["polyp"]
     assert 0 < max(polyp.extra["presence_per_slice"]) < 0.35, polyp.extra
     assert not polyp.mask.any() and polyp.extra["detected_slices"] == []

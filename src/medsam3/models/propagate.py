@@ -216,7 +216,7 @@ def segment_compact_stack(
             for i, p in enumerate(group):
                 pres[p][k] = presence[i]
                 states[(p, k)] = state
-                if presence[i] >= min(extend_threshold, key_threshold):
+                if presence[i] >= extend_threshold:  # key slices and their extensions
                     detected[p][k] = model.refine(state, dense[i], p, relative=False)
             state.feats = {}  # keep only what the decoder needs
     encoded = set(keys)

@@ -113,8 +113,10 @@ def cross_check(
     """Per fold: the threshold chosen on the other folds, and this fold's scores at it and 0.5
     (nothing with a single fold)."""
     folds = sorted({e["fold"] for e in evaluations})
+    if len(folds) < 2:
+        return []
     rows = []
-    for fold in folds if len(folds) > 1 else []:
+    for fold in folds:
         inside = [e for e in evaluations if e["fold"] == fold]
         chosen, _ = choose([e for e in evaluations if e["fold"] != fold], val, thresholds)
         at_half, at_chosen = score(inside, 0.5), score(inside, chosen)
