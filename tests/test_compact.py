@@ -121,6 +121,30 @@ def test_unseen_subtype_is_present_where_its_parent_is(model, mri_slice):
     assert presence[3] < model.presence_threshold, "no polyp, of any kind, in a brain MRI"
 
 
+def test_masks_are_decoded_only_for_present_phrases(model, mri_slice):
+    """detect(mask_threshold=t) skips the 256 px decode of phrases below t and gives the
+    others exactly the full decode's logits (the head's locate + fine_mask = decode)."""
+    from medsam3.models.phrases import condition
+    from medsam3.models.preprocess import to_uint8_rgb
+
+    state = model.encode_plane(to_uint8_rgb(mri_slice, "mri"), "mri")
+    phrases = ["brain", "polyp", "cerebrospinal fluid", "lung"]
+    presence, full = model.detect(state, phrases)
+    t = model.presence_threshold
+    assert presence[0] >= t > presence[1], "a brain and no polyp on a brain MRI slice"
+    gated_presence, gated = model.detect(state, phrases, mask_threshold=t)
+    np.testing.assert_array_equal(gated_presence, presence)
+    for k in range(len(phrases)):
+        if presence[k] >= t:
+            torch.testing.assert_close(gated[k], full[k], atol=1e-4, rtol=1e-4)
+        else:
+            assert gated[k] is None
+    text = torch.from_numpy(condition(phrases))
+    with torch.no_grad():
+        logits, dense = model.head.decode(state.feats, text)
+    torch.testing.assert_close(torch.stack(full), dense, atol=1e-4, rtol=1e-4)
+
+
 def test_ct_phrases_share_encodings_per_window(model, encoder_calls):
     import pydicom
     from pydicom.data import get_testdata_file

@@ -114,7 +114,7 @@ class ConceptHead(nn.Module):
         index: torch.Tensor | None = None,
         coarse_only: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Phrase-conditioned outputs.
+        """Phrase-conditioned outputs (:meth:`locate`, then :meth:`fine_mask`).
 
         Args:
             feats: from :meth:`image_features` for B images.
@@ -128,6 +128,18 @@ class ConceptHead(nn.Module):
         """
         if index is None:
             index = torch.zeros(len(text), dtype=torch.long, device=text.device)
+        presence, coarse, hidden = self.locate(feats, text, index)
+        if coarse_only:
+            return presence, coarse[:, :1]
+        return presence, self.fine_mask(feats, coarse, hidden, index)
+
+    def locate(
+        self, feats: dict, text: torch.Tensor, index: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Presence logits (N,), coarse maps (N, coarse, 64, 64) and phrase vectors (N, hidden).
+
+        The cheap part of :meth:`decode`: enough to tell which phrases are present.
+        """
         h = self.text(text.float())
         f64 = feats["f64"][index]
         sim = torch.einsum("nchw,nc->nhw", f64, self.query(h))[:, None] / f64.shape[1] ** 0.5
@@ -139,15 +151,19 @@ class ConceptHead(nn.Module):
         stats = [coarse.mean(dim=(2, 3)), coarse.amax(dim=(2, 3))]
         stats += [sim.amax(dim=(2, 3)), sim.mean(dim=(2, 3)), h]
         presence = self.presence(torch.cat(stats, dim=1))[:, 0]
-        if coarse_only:
-            return presence, coarse[:, :1]
-        w = self.kernel128(h)
+        return presence, coarse, h
+
+    def fine_mask(
+        self, feats: dict, coarse: torch.Tensor, hidden: torch.Tensor, index: torch.Tensor
+    ) -> torch.Tensor:
+        """(N, 1, 256, 256) mask logits from :meth:`locate`'s coarse maps and phrase vectors."""
+        w = self.kernel128(hidden)
         f128 = feats["f128"][index]
         mid = torch.einsum("nchw,nc->nhw", f128, w[:, :-1])[:, None] + w[:, -1, None, None, None]
         mid = F.interpolate(mid, scale_factor=2, mode="bilinear", align_corners=False)
         up = F.interpolate(coarse, scale_factor=4, mode="bilinear", align_corners=False)
         fine = self.fine(torch.cat([up, feats["f256"][index], mid], dim=1))
-        return presence, fine + mid + up[:, :1]
+        return fine + mid + up[:, :1]
 
     def forward(
         self, embedding: torch.Tensor, frame: torch.Tensor, text: torch.Tensor, index=None

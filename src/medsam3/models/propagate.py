@@ -212,7 +212,7 @@ def segment_compact_stack(
         for (k, _rgb, group), state in zip(
             part, model.encode_planes([rgb for _, rgb, _ in part], modality), strict=True
         ):
-            presence, dense = model.detect(state, group)
+            presence, dense = model.detect(state, group, mask_threshold=extend_threshold)
             for i, p in enumerate(group):
                 pres[p][k] = presence[i]
                 states[(p, k)] = state
