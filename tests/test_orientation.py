@@ -82,10 +82,9 @@ def compact():
     strict=True,
     reason=(
         "known regression of head v3 (docs/model_card.md, Known limits): on these MNI152 "
-        "slices left/right hippocampus pass presence (0.47-0.69 per slice) but the head is "
-        "unsure of them everywhere, so the volume is cut below its peak logit and the masks "
-        "come out large (about 10,000 voxels each) and straddle the midline: the right "
-        "one's centre lies on the patient's left"
+        "slices left/right hippocampus pass presence (0.47-0.69 per slice, head v4.2) but "
+        "the head's dense mask stays below logit 0 (volumes are cut at 0), so there is no "
+        "mask to check the side of"
     ),
 )
 def test_left_hippocampus_of_a_ras_nifti_is_on_the_patients_left(compact, tmp_path):

@@ -134,10 +134,6 @@ class CompactSegmenter(Segmenter):
         mask_margin: where the head is unsure of a mask (its peak logit below this), the dense
             mask is cut at ``peak - mask_margin`` instead of 0 (:meth:`dense_threshold`);
             None always cuts at 0. Fitted on val with the head (``mask_margin`` in its JSON).
-        volume_unsure_cut: in volumes, a concept whose peak logit over all its slices is below
-            ``mask_margin`` is cut at that peak - margin on every slice
-            (:func:`medsam3.models.propagate.recut_unsure`); ``volume_unsure_cut`` in the
-            head's JSON (true from head v4.3).
     """
 
     name = "compact"
@@ -159,7 +155,6 @@ class CompactSegmenter(Segmenter):
         calibration: dict[str, tuple[float, float]] | None = None,
         key_spacing_mm: float | None = KEY_SPACING_MM,
         mask_margin: float | None = None,
-        volume_unsure_cut: bool = False,
     ) -> None:
         self.head, self.sam, self.checkpoint_digest = head, sam, digest
         self.presence_threshold, self.iou_gate = presence_threshold, iou_gate
@@ -172,7 +167,6 @@ class CompactSegmenter(Segmenter):
         self.modality_head = modality_head.to(self.device) if modality_head is not None else None
         self.calibration = {k.lower(): tuple(v) for k, v in (calibration or {}).items()}
         self.key_spacing_mm, self.mask_margin = key_spacing_mm, mask_margin
-        self.volume_unsure_cut = volume_unsure_cut
         self.encode_batch: int | None = None  # planes per encoder pass; set on first use
         if feature_cache and sam.precision != "float32":
             raise ValueError("the feature cache holds float32 encodings: use precision float32")
@@ -331,33 +325,11 @@ class CompactSegmenter(Segmenter):
         A head unsure of a small or faint structure on a 2D image (its peak logit below the
         margin) still marks where it is most sure; on val this raised Dice most for CT/MRI
         anatomy (docs/model_card.md, "Mask cut"). Volumes and videos pass ``relative=False``
-        (cut at 0): there the empty mask of a slice where the head is unsure ends the object;
-        a volume's concept unsure on every slice is then cut below its peak over the volume
-        (:mod:`medsam3.models.propagate`, :meth:`unsure_cut`).
+        (cut at 0): there the empty mask of a slice where the head is unsure ends the object.
         """
-        if not relative or not logits.numel():
+        if not relative or self.mask_margin is None or not logits.numel():
             return 0.0
-        return self.unsure_cut(float(logits.max()))
-
-    def unsure_cut(self, peak: float) -> float:
-        """0, or ``peak - mask_margin`` where a peak logit is below the margin (the head is
-        unsure). 2D images use the plane's own peak (:meth:`dense_threshold`); volumes the
-        concept's peak over all its slices (:mod:`medsam3.models.propagate`)."""
-        if self.mask_margin is None:
-            return 0.0
-        return min(0.0, peak - self.mask_margin)
-
-    @torch.inference_mode()
-    def peak_logit(self, state: PlaneState, dense: torch.Tensor) -> float:
-        """Highest dense logit inside the plane (the padding excluded), as the cut reads it."""
-        return float(logits_to_original(dense[None].float(), state.prep).max())
-
-    @torch.inference_mode()
-    def restore_features(self, state: PlaneState) -> None:
-        """Recompute the head's image features of a plane whose ``feats`` were dropped to save
-        memory (volumes keep only the embedding of each slice)."""
-        frame = state.prep.tensor.to(self.device)
-        state.feats = self.head.image_features(state.embedding, frame)
+        return min(0.0, float(logits.max()) - self.mask_margin)
 
     @torch.inference_mode()
     def dense_mask(
@@ -398,12 +370,7 @@ class CompactSegmenter(Segmenter):
 
     @torch.inference_mode()
     def refine(
-        self,
-        state: PlaneState,
-        dense: torch.Tensor,
-        phrase: str,
-        relative: bool = True,
-        offset: float = 0.0,
+        self, state: PlaneState, dense: torch.Tensor, phrase: str, relative: bool = True
     ) -> np.ndarray:
         """Dense logits -> final (y, x) bool mask: decoder-refined, then kept to its side.
 
@@ -412,22 +379,16 @@ class CompactSegmenter(Segmenter):
             dense: (1, 256, 256) dense logits in the padded frame.
             phrase: the concept (per-phrase refinement switch; side of "left kidney").
             relative: cut an unsure mask below its peak (:meth:`dense_threshold`; 2D images).
-            offset: added to the cut (volumes: the concept's :meth:`unsure_cut`).
 
         Returns:
             (y, x) bool mask in original pixels.
         """
-        mask = self._refine_components(state, dense, phrase, relative, offset)
-        return self._keep_side(state, mask, phrase, relative, offset)
+        mask = self._refine_components(state, dense, phrase, relative)
+        return self._keep_side(state, mask, phrase, relative)
 
     @torch.inference_mode()
     def _keep_side(
-        self,
-        state: PlaneState,
-        mask: np.ndarray,
-        phrase: str,
-        relative: bool = True,
-        offset: float = 0.0,
+        self, state: PlaneState, mask: np.ndarray, phrase: str, relative: bool = True
     ) -> np.ndarray:
         """Keep a "left X" / "right X" mask to the patient's side of the paired organ X.
 
@@ -443,7 +404,7 @@ class CompactSegmenter(Segmenter):
             return mask
         side, base = pair
         _, logits = self.head.decode(state.feats, self._text([base]))
-        both = self.dense_mask(state, logits[0], offset, relative)
+        both = self.dense_mask(state, logits[0], relative=relative)
         midline = bilateral_midline(both)
         if midline is None:
             return mask
@@ -452,15 +413,10 @@ class CompactSegmenter(Segmenter):
         return (mask | both) & keep[None, :]
 
     def _refine_components(
-        self,
-        state: PlaneState,
-        dense: torch.Tensor,
-        phrase: str,
-        relative: bool = True,
-        offset: float = 0.0,
+        self, state: PlaneState, dense: torch.Tensor, phrase: str, relative: bool = True
     ) -> np.ndarray:
         """Dense mask -> decoder mask per large component where they agree (IoU >= iou_gate)."""
-        mask = self.dense_mask(state, dense, offset, relative)
+        mask = self.dense_mask(state, dense, relative=relative)
         if phrase in self.no_refine or resolve(phrase) in self.no_refine or not mask.any():
             return mask
         labels, n = ndimage.label(mask)
@@ -687,7 +643,6 @@ def build_compact(
     kw.setdefault("modality_head", info.get("modality_head"))
     kw.setdefault("calibration", info.get("presence_calibration"))
     kw.setdefault("mask_margin", info.get("mask_margin"))
-    kw.setdefault("volume_unsure_cut", bool(info.get("volume_unsure_cut", False)))
     if "presence_threshold" in info:
         kw.setdefault("presence_threshold", float(info["presence_threshold"]))
     sam = LiteMedSAM(device=device, precision=precision)

@@ -4,9 +4,7 @@ Every slice / frame is encoded once (the LiteMedSAM mask decoder needs its embed
 the concept head scores every phrase on it (cheap). Slices whose presence passes the model's
 threshold, and at least ``extend_threshold``, are key slices: their mask comes from the head
 (dense mask cut at logit 0, not below the slice's peak as on 2D images, since an empty slice is
-what ends an object; then decoder refinement), which also catches new instances. A volume's
-concept the head is unsure of on every slice (its peak logit over the volume below the model's
-mask margin) is re-cut below that peak on all its slices (:func:`recut_unsure`). Presence is
+what ends an object; then decoder refinement), which also catches new instances. Presence is
 then read with hysteresis: a run of consecutive slices whose presence stays above
 ``extend_threshold`` keeps the head's masks when it holds a key slice (an object seen clearly on
 one slice is trusted on the neighbouring, less certain ones). From there the mask is propagated
@@ -176,7 +174,7 @@ def segment_compact_stack(
 
     Args:
         model: a CompactSegmenter (uses plane_rgb_groups, encode_planes, detect, refine,
-            decoder_masks, peak_logit, unsure_cut, restore_features, volume_unsure_cut).
+            decoder_masks).
         stack: volume or video array.
         phrases: checked phrases.
         kind: "volume" or "video".
@@ -200,7 +198,6 @@ def segment_compact_stack(
     n = len(planes)
     keys = key_slices(n, stride if kind == "volume" else 1)
     pres = {p: np.zeros(len(keys)) for p in phrases}
-    peaks = {p: -np.inf for p in phrases}  # highest dense logit over the slices read
     detected = {p: [np.zeros(planes[z].shape[:2], bool) for z in keys] for p in phrases}
     states: dict[tuple[str, int], object] = {}
     jobs = [
@@ -221,10 +218,7 @@ def segment_compact_stack(
                 states[(p, k)] = state
                 if presence[i] >= extend_threshold:  # key slices and their extensions
                     detected[p][k] = model.refine(state, dense[i], p, relative=False)
-                    peaks[p] = max(peaks[p], model.peak_logit(state, dense[i]))
             state.feats = {}  # keep only what the decoder needs
-    if kind == "volume" and model.volume_unsure_cut:
-        recut_unsure(model, pres, peaks, states, detected, extend_threshold)
     encoded = set(keys)
     flat = [z for z in range(n) if z not in encoded and planes[z].min() == planes[z].max()]
     results = {}
@@ -256,35 +250,6 @@ def segment_compact_stack(
             },
         )
     return results
-
-
-def recut_unsure(model, pres: dict, peaks: dict, states: dict, detected: dict, threshold: float):
-    """Re-read the slices of concepts the head is unsure of everywhere in a volume.
-
-    Slice masks are cut at logit 0 (an empty slice ends an object). A concept whose peak logit
-    over all its slices stays below the model's mask margin (a faint or small structure) would
-    then come out empty or nearly so; its slices are cut at ``peak - margin`` instead
-    (:meth:`CompactSegmenter.unsure_cut`, the volume's counterpart of the 2D images' mask
-    cut). On the shared val volumes: mean 3D Dice 0.194 -> 0.237 over 13 pairs, none lower
-    (docs/model_card.md, "Mask cut for volumes").
-
-    Args:
-        pres: phrase -> (keys,) presence per read slice.
-        peaks: phrase -> highest dense logit over the slices with presence >= threshold.
-        states: (phrase, key index) -> PlaneState of that slice (``feats`` dropped).
-        detected: phrase -> per-key masks, replaced in place for the unsure concepts.
-        threshold: presence from which a slice's mask is read (the extension threshold).
-    """
-    for p, peak in peaks.items():
-        cut = model.unsure_cut(peak) if np.isfinite(peak) else 0.0
-        if cut >= 0:
-            continue
-        for k in np.flatnonzero(pres[p] >= threshold):
-            state = states[(p, k)]
-            model.restore_features(state)
-            _, dense = model.detect(state, [p])
-            detected[p][k] = model.refine(state, dense[0], p, relative=False, offset=cut)
-            state.feats = {}
 
 
 def instances_3d(
