@@ -121,7 +121,7 @@ def test_unseen_subtype_is_present_where_its_parent_is(model, mri_slice):
     assert presence[3] < model.presence_threshold, "no polyp, of any kind, in a brain MRI"
 
 
-def test_masks_are_decoded_only_for_present_phrases(model, mri_slice):
+def test_masks_are_decoded_only_for_present_phrases(model, mri_slice, monkeypatch):
     """detect(mask_threshold=t) skips the 256 px decode of phrases below t and gives the
     others exactly the full decode's logits (the head's locate + fine_mask = decode)."""
     from medsam3.models.phrases import condition
@@ -132,13 +132,15 @@ def test_masks_are_decoded_only_for_present_phrases(model, mri_slice):
     presence, full = model.detect(state, phrases)
     t = model.presence_threshold
     assert presence[0] >= t > presence[1], "a brain and no polyp on a brain MRI slice"
-    gated_presence, gated = model.detect(state, phrases, mask_threshold=t)
-    np.testing.assert_array_equal(gated_presence, presence)
-    for k in range(len(phrases)):
-        if presence[k] >= t:
-            torch.testing.assert_close(gated[k], full[k], atol=1e-4, rtol=1e-4)
-        else:
-            assert gated[k] is None
+    for batch in (1, 64):  # a CPU decodes one phrase at a time, a GPU 64 (same code path)
+        monkeypatch.setattr(model, "fine_batch", batch)
+        gated_presence, gated = model.detect(state, phrases, mask_threshold=t)
+        np.testing.assert_array_equal(gated_presence, presence)
+        for k in range(len(phrases)):
+            if presence[k] >= t:
+                torch.testing.assert_close(gated[k], full[k], atol=1e-4, rtol=1e-4)
+            else:
+                assert gated[k] is None
     text = torch.from_numpy(condition(phrases))
     with torch.no_grad():
         logits, dense = model.head.decode(state.feats, text)
