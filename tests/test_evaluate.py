@@ -109,3 +109,24 @@ def test_summary_tables_by_modality_dataset_and_concept():
     high = summarise_images({"pairs": pairs, "presence": presence}, threshold=0.75)
     assert high["presence_mcc"] == pytest.approx(4 / 6, abs=1e-3)
     assert high["per_modality"]["xray"]["mcc"] == 1.0 and s["per_modality"]["xray"]["mcc"] == 1.0
+
+
+def test_the_train_split_is_scored_on_training_items_only(shared_data, tmp_path):
+    import csv
+    import json
+
+    from medsam3.training.evaluate import main
+
+    out = tmp_path / "eval"
+    args = ["--data", str(shared_data), "--split", "train", "--datasets", "PH2"]
+    main(
+        args
+        + ["--max-items", "2", "--skip", "video", "volumes", "--no-synonyms"]
+        + ["--out", str(out)]
+    )
+    pairs = json.loads((out / "summary.json").read_text())["images"]["pairs"]
+    with (shared_data / "manifest.csv").open() as f:
+        split = {r["item_id"]: r["split"] for r in csv.DictReader(f)}
+    assert len({p["item"] for p in pairs}) == 2
+    assert {split[p["item"]] for p in pairs} == {"train"}
+    assert all(0.0 <= p["dice"] <= 1.0 for p in pairs)

@@ -146,6 +146,12 @@ def test_a_second_stage_config_takes_its_base_and_replaces_keys(tmp_path):
     assert shipped["init_from"] == load_config(configs / "train_compact.yaml")["output"]
     grown = load_config(configs / "train_compact_v4.yaml")
     assert grown["init_from"] == shipped["output"] and grown["head"]["context"] == 2
+    v5 = load_config(configs / "train_compact_v5.yaml")
+    assert (
+        v5["head"]["global_context"]
+        and v5["init_from"] == "results/heads/v4/compact_head.safetensors"
+    )
+    assert v5["output"] == grown["output"] == "src/medsam3/weights/compact_head.safetensors"
 
 
 def test_a_grown_head_starts_as_the_smaller_one_and_trains_its_new_parts():
@@ -156,7 +162,8 @@ def test_a_grown_head_starts_as_the_smaller_one_and_trains_its_new_parts():
 
     torch.manual_seed(0)
     small = ConceptHead(HeadConfig(c64=16, c128=8, c256=8, hidden=32)).eval()
-    grown = ConceptHead(HeadConfig(c64=16, c128=8, c256=8, hidden=32, coords=True, context=2))
+    sizes = {"c64": 16, "c128": 8, "c256": 8, "hidden": 32}
+    grown = ConceptHead(HeadConfig(**sizes, coords=True, context=2, global_context=True))
     grow_from(grown, small.state_dict())
     grown.eval()
     emb, frame = torch.randn(2, 256, 64, 64), torch.rand(2, 3, 256, 256)
@@ -172,6 +179,7 @@ def test_a_grown_head_starts_as_the_smaller_one_and_trains_its_new_parts():
     opt.step()
     assert grown.proj[0].weight[:, 256:].abs().sum() > 0
     assert grown.context[0][1].weight.abs().sum() > 0
+    assert grown.global_context[-1][1].weight.abs().sum() > 0
 
 
 def test_a_head_of_another_size_cannot_start_a_grown_one():

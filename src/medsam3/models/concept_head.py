@@ -9,7 +9,9 @@ for thin, high-frequency structures) runs once per image; the phrase modulates t
 FiLM at 64, 128 and 256 px and by a phrase-image similarity map, so N phrases cost N light
 decoder passes. Optional (``coords``): the position in the padded frame as two input channels,
 so the head can learn where an organ lies; (``context``): dilated 3x3 blocks after FiLM, so the
-coarse map of a phrase sees its neighbourhood (liver beside spleen) rather than one location.
+coarse map of a phrase sees its neighbourhood (liver beside spleen) rather than one location;
+(``global_context``): a branch down to 16 px after them, so each location sees the whole frame
+(where the spine and the body outline are).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ class HeadConfig:
     dropout: float = 0.1
     coords: bool = False  # x, y of the padded frame as two more embedding channels
     context: int = 0  # dilated 3x3 blocks (dilation 2, 4, ...) after FiLM at 64 px
+    global_context: bool = False  # a 64 -> 16 px branch after them: each location sees the frame
 
     def to_dict(self) -> dict:
         """Plain dict for JSON."""
@@ -72,6 +75,7 @@ class ConceptHead(nn.Module):
         self.context = nn.ModuleList(
             _block(cfg.c64, cfg.c64, dilation=2 ** (i + 1)) for i in range(cfg.context)
         )
+        self.global_context = _global_branch(cfg.c64) if cfg.global_context else None
         self.mix64 = nn.Sequential(
             nn.Conv2d(cfg.c64 + 1, cfg.c64, 1), nn.GELU(), nn.Conv2d(cfg.c64, cfg.coarse, 1)
         )
@@ -147,6 +151,9 @@ class ConceptHead(nn.Module):
         x = f64 * (1 + gamma[..., None, None]) + beta[..., None, None]
         for block in self.context:
             x = x + block(x)
+        if self.global_context is not None:
+            g = self.global_context(x)
+            x = x + F.interpolate(g, size=x.shape[-2:], mode="bilinear", align_corners=False)
         coarse = self.mix64(torch.cat([x, sim], dim=1))
         stats = [coarse.mean(dim=(2, 3)), coarse.amax(dim=(2, 3))]
         stats += [sim.amax(dim=(2, 3)), sim.mean(dim=(2, 3)), h]
@@ -170,6 +177,16 @@ class ConceptHead(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """image_features + decode; see those methods for shapes."""
         return self.decode(self.image_features(embedding, frame), text, index)
+
+
+def _global_branch(channels: int) -> nn.Sequential:
+    """64 -> 16 px and two dilated blocks there: a receptive field of the whole frame."""
+    return nn.Sequential(
+        _block(channels, channels, stride=2),
+        _block(channels, channels, stride=2),
+        _block(channels, channels, dilation=2),
+        _block(channels, channels, dilation=4),
+    )
 
 
 def _coordinates(embedding: torch.Tensor) -> torch.Tensor:

@@ -225,7 +225,12 @@ def summarise(images: dict | None, video: dict, volumes: dict, threshold: float 
     return {**summary, "video": {k: v["mean"] for k, v in video.items()}, "volumes": volumes}
 
 
-SPLITS = {"test": ("test",), "val": ("val",), "all": ("train", "val", "test")}
+SPLITS = {
+    "test": ("test",),
+    "val": ("val",),
+    "train": ("train",),  # how well the head fits what it learnt from (under- vs overfitting)
+    "all": ("train", "val", "test"),
+}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -245,7 +250,8 @@ def main(argv: list[str] | None = None) -> None:
         default="test",
         choices=sorted(SPLITS),
         help="val to choose between variants; test (default) once per shipped "
-        "model; all = every item of --datasets (leave-one-dataset-out)",
+        "model; train to tell under- from overfitting; all = every item of --datasets "
+        "(leave-one-dataset-out)",
     )
     ap.add_argument(
         "--datasets",
@@ -254,7 +260,7 @@ def main(argv: list[str] | None = None) -> None:
         help="only these source datasets (manifest source_dataset)",
     )
     ap.add_argument(
-        "--max-items", type=int, default=ALL_CAP, help="items per dataset with --split all"
+        "--max-items", type=int, default=ALL_CAP, help="items per dataset with --split all or train"
     )
     ap.add_argument(
         "--no-synonyms", action="store_true", help="skip the synonym agreement (faster)"
@@ -275,7 +281,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.presence_threshold is not None:  # else the head's own
         options["presence_threshold"] = args.presence_threshold
     model = build_compact(args.checkpoint, feature_cache=True, **options)
-    caps = {"test": TEST_CAPS, "val": VAL_CAPS, "all": {"default": args.max_items}}[args.split]
+    per_dataset = {"default": args.max_items}
+    caps = {"test": TEST_CAPS, "val": VAL_CAPS, "train": per_dataset, "all": per_dataset}
+    caps = caps[args.split]
     splits = SPLITS[args.split]
     images = None
     if "images" not in args.skip:

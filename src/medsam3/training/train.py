@@ -192,8 +192,9 @@ def grow_from(head: ConceptHead, state: dict[str, torch.Tensor]) -> None:
 
     Matching tensors are copied. A projection with fewer input channels (a head without
     ``coords``) fills the leading channels and the new ones start at zero; ``context`` blocks
-    the old head lacks start with a zero norm gain, so their residual adds nothing until
-    trained. Tensors of the file the head does not have (the modality classifier) are skipped.
+    and a ``global_context`` branch the old head lacks end in a zero norm gain, so their
+    residual adds nothing until trained. Tensors of the file the head does not have (the
+    modality classifier) are skipped.
     """
     own = head.state_dict()
     for name, value in state.items():
@@ -207,10 +208,16 @@ def grow_from(head: ConceptHead, state: dict[str, torch.Tensor]) -> None:
         else:
             raise ValueError(f"{name}: {tuple(value.shape)} cannot start {tuple(own[name].shape)}")
     head.load_state_dict(own)
-    for i, block in enumerate(head.context):
-        if not any(name.startswith(f"context.{i}.") for name in state):
-            norm = next(m for m in block if isinstance(m, torch.nn.GroupNorm))
-            torch.nn.init.zeros_(norm.weight)  # the residual adds nothing until trained
+    new_blocks = [block for i, block in enumerate(head.context) if not _has(state, f"context.{i}.")]
+    if head.global_context is not None and not _has(state, "global_context."):
+        new_blocks.append(head.global_context[-1])
+    for block in new_blocks:
+        norm = next(m for m in block if isinstance(m, torch.nn.GroupNorm))
+        torch.nn.init.zeros_(norm.weight)  # the residual adds nothing until trained
+
+
+def _has(state: dict, prefix: str) -> bool:
+    return any(name.startswith(prefix) for name in state)
 
 
 def _wider_input(own: torch.Size, old: torch.Size) -> bool:
