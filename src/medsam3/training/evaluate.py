@@ -282,8 +282,7 @@ def main(argv: list[str] | None = None) -> None:
         options["presence_threshold"] = args.presence_threshold
     model = build_compact(args.checkpoint, feature_cache=True, **options)
     per_dataset = {"default": args.max_items}
-    caps = {"test": TEST_CAPS, "val": VAL_CAPS, "train": per_dataset, "all": per_dataset}
-    caps = caps[args.split]
+    caps = {"test": TEST_CAPS, "val": VAL_CAPS}.get(args.split, per_dataset)
     splits = SPLITS[args.split]
     images = None
     if "images" not in args.skip:
