@@ -154,7 +154,8 @@ def test_a_second_stage_config_takes_its_base_and_replaces_keys(tmp_path):
     assert v5["output"] == grown["output"] == "src/medsam3/weights/compact_head.safetensors"
     v6 = load_config(configs / "train_compact_v6.yaml")
     assert (
-        v6["head"] == v5["head"] and v6["init_from"] == "results/heads/v5/compact_head.safetensors"
+        v6["head"] == v5["head"]
+        and v6["init_from"] == "results/heads/v5_1000steps/compact_head.safetensors"
     )
     assert (v6["augment_target"], v6["augment_max"], v6["steps"]) == (90, 6, 4000)
 
