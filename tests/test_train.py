@@ -167,8 +167,8 @@ def test_a_grown_head_starts_as_the_smaller_one_and_trains_its_new_parts():
     from medsam3.training.train import grow_from
 
     torch.manual_seed(0)
-    small = ConceptHead(HeadConfig(c64=16, c128=8, c256=8, hidden=32)).eval()
     sizes = {"c64": 16, "c128": 8, "c256": 8, "hidden": 32}
+    small = ConceptHead(HeadConfig(**sizes)).eval()
     grown = ConceptHead(HeadConfig(**sizes, coords=True, context=2, global_context=True))
     grow_from(grown, small.state_dict())
     grown.eval()
