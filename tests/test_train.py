@@ -158,6 +158,13 @@ def test_a_second_stage_config_takes_its_base_and_replaces_keys(tmp_path):
         and v6["init_from"] == "results/heads/v5_1000steps/compact_head.safetensors"
     )
     assert (v6["augment_target"], v6["augment_max"], v6["steps"]) == (90, 6, 4000)
+    v7 = load_config(configs / "train_compact_v7.yaml")
+    trial = load_config(configs / "train_compact_v7_image.yaml")
+    assert v7["head"] == v6["head"] and trial["head"] == {**v6["head"], "image_context": 128}
+    assert v7["init_from"] == trial["init_from"] == "results/heads/v6/compact_head.safetensors"
+    assert {k: v for k, v in trial.items() if k not in ("head", "output", "run_name")} == {
+        k: v for k, v in v7.items() if k not in ("head", "output", "run_name")
+    }
 
 
 def test_a_grown_head_starts_as_the_smaller_one_and_trains_its_new_parts():
@@ -169,7 +176,9 @@ def test_a_grown_head_starts_as_the_smaller_one_and_trains_its_new_parts():
     torch.manual_seed(0)
     sizes = {"c64": 16, "c128": 8, "c256": 8, "hidden": 32}
     small = ConceptHead(HeadConfig(**sizes)).eval()
-    grown = ConceptHead(HeadConfig(**sizes, coords=True, context=2, global_context=True))
+    grown = ConceptHead(
+        HeadConfig(**sizes, coords=True, context=2, global_context=True, image_context=8)
+    )
     grow_from(grown, small.state_dict())
     grown.eval()
     emb, frame = torch.randn(2, 256, 64, 64), torch.rand(2, 3, 256, 256)
@@ -178,7 +187,8 @@ def test_a_grown_head_starts_as_the_smaller_one_and_trains_its_new_parts():
         small(emb, frame, text, index), grown(emb, frame, text, index), strict=True
     ):
         assert torch.allclose(before, after, atol=1e-6)
-    # one optimiser step moves what the small head lacked: the position channels, the blocks
+    # one optimiser step moves what the small head lacked: the position channels, the blocks,
+    # the image branch's last convolution
     opt = torch.optim.SGD(grown.parameters(), lr=0.1)
     presence, mask = grown.train()(emb, frame, text, index)
     (presence.sum() + mask.mean()).backward()
@@ -186,6 +196,7 @@ def test_a_grown_head_starts_as_the_smaller_one_and_trains_its_new_parts():
     assert grown.proj[0].weight[:, 256:].abs().sum() > 0
     assert grown.context[0][1].weight.abs().sum() > 0
     assert grown.global_context[-1][1].weight.abs().sum() > 0
+    assert grown.image_context[-1].weight.abs().sum() > 0
 
 
 def test_a_head_of_another_size_cannot_start_a_grown_one():

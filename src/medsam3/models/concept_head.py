@@ -11,7 +11,10 @@ decoder passes. Optional (``coords``): the position in the padded frame as two i
 so the head can learn where an organ lies; (``context``): dilated 3x3 blocks after FiLM, so the
 coarse map of a phrase sees its neighbourhood (liver beside spleen) rather than one location;
 (``global_context``): a branch down to 16 px after them, so each location sees the whole frame
-(where the spine and the body outline are).
+(where the spine and the body outline are); (``image_context``): a wider image-only branch from
+the embedding through 32 px, added to the 64 px trunk, so the phrase-independent features
+are not limited to one linear 256 -> 64 projection and a 5 x 5 neighbourhood (runs once per
+image, not once per phrase).
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ class HeadConfig:
     coords: bool = False  # x, y of the padded frame as two more embedding channels
     context: int = 0  # dilated 3x3 blocks (dilation 2, 4, ...) after FiLM at 64 px
     global_context: bool = False  # a 64 -> 16 px branch after them: each location sees the frame
+    image_context: int = 0  # width of an image-only 64 -> 32 px branch added to the trunk; 0: none
 
     def to_dict(self) -> dict:
         """Plain dict for JSON."""
@@ -63,6 +67,8 @@ class ConceptHead(nn.Module):
         extra = 2 if cfg.coords else 0
         self.proj = nn.Sequential(nn.Conv2d(cfg.embed_dim + extra, cfg.c64, 1), nn.GELU())
         self.trunk64 = nn.Sequential(_block(cfg.c64, cfg.c64), _block(cfg.c64, cfg.c64))
+        width = cfg.image_context
+        self.image_context = _image_branch(cfg.embed_dim + extra, width, cfg.c64) if width else None
         self.shallow256 = nn.Sequential(_block(3, 16), _block(16, 16))
         self.shallow128 = _block(16, 32, stride=2)
         self.trunk128 = _block(cfg.c64 + 32, cfg.c128)
@@ -104,6 +110,9 @@ class ConceptHead(nn.Module):
         if self.cfg.coords:
             embedding = torch.cat([embedding, _coordinates(embedding)], dim=1)
         f64 = self.trunk64(self.proj(embedding))
+        if self.image_context is not None:
+            g = self.image_context(embedding)
+            f64 = f64 + F.interpolate(g, size=f64.shape[-2:], mode="bilinear", align_corners=False)
         s256 = self.shallow256(frame.float())
         up = F.interpolate(f64, scale_factor=2, mode="bilinear", align_corners=False)
         f128 = self.trunk128(torch.cat([up, self.shallow128(s256)], dim=1))
@@ -186,6 +195,18 @@ def _global_branch(channels: int) -> nn.Sequential:
         _block(channels, channels, stride=2),
         _block(channels, channels, dilation=2),
         _block(channels, channels, dilation=4),
+    )
+
+
+def _image_branch(cin: int, width: int, cout: int) -> nn.Sequential:
+    """Embedding -> ``width`` channels at 32 px, 3x3 blocks (dilation 1, 2, 4) -> ``cout``."""
+    return nn.Sequential(
+        nn.Conv2d(cin, width, 1),
+        nn.GELU(),
+        _block(width, width, stride=2),
+        _block(width, width, dilation=2),
+        _block(width, width, dilation=4),
+        nn.Conv2d(width, cout, 1),
     )
 
 

@@ -193,7 +193,8 @@ def grow_from(head: ConceptHead, state: dict[str, torch.Tensor]) -> None:
     Matching tensors are copied. A projection with fewer input channels (a head without
     ``coords``) fills the leading channels and the new ones start at zero; ``context`` blocks
     and a ``global_context`` branch the old head lacks end in a zero norm gain, so their
-    residual adds nothing until trained. Tensors of the file the head does not have (the
+    residual adds nothing until trained; a new ``image_context`` branch ends in a zero 1x1
+    convolution, so it adds nothing either. Tensors of the file the head does not have (the
     modality classifier) are skipped.
     """
     own = head.state_dict()
@@ -214,6 +215,9 @@ def grow_from(head: ConceptHead, state: dict[str, torch.Tensor]) -> None:
     for block in new_blocks:
         norm = next(m for m in block if isinstance(m, torch.nn.GroupNorm))
         torch.nn.init.zeros_(norm.weight)  # the residual adds nothing until trained
+    if head.image_context is not None and not _has(state, "image_context."):
+        torch.nn.init.zeros_(head.image_context[-1].weight)
+        torch.nn.init.zeros_(head.image_context[-1].bias)
 
 
 def _has(state: dict, prefix: str) -> bool:
