@@ -84,7 +84,7 @@ def compact():
         "known regression of head v3 (docs/model_card.md, Known limits): on these MNI152 "
         "slices left/right hippocampus pass presence (0.47-0.69 per slice, head v4.2) but "
         "the head's dense mask stays below logit 0 (volumes are cut at 0), so there is no "
-        "mask to check the side of (heads v5 to v7 still fail this)"
+        "mask to check the side of (heads v5 to v9 still fail this)"
     ),
 )
 def test_left_hippocampus_of_a_ras_nifti_is_on_the_patients_left(compact, tmp_path):

@@ -165,6 +165,9 @@ def test_a_second_stage_config_takes_its_base_and_replaces_keys(tmp_path):
     assert {k: v for k, v in trial.items() if k not in ("head", "output", "run_name")} == {
         k: v for k, v in v7.items() if k not in ("head", "output", "run_name")
     }
+    v8 = load_config(configs / "train_compact_v8.yaml")  # head v9 averages v7 and v8
+    assert v8["head"] == v7["head"] and v8["init_from"] == v7["output"]
+    assert (v8["steps"], v8["lr"]) == (v7["steps"], v7["lr"])
 
 
 def test_a_grown_head_starts_as_the_smaller_one_and_trains_its_new_parts():
@@ -206,3 +209,46 @@ def test_a_head_of_another_size_cannot_start_a_grown_one():
     other = ConceptHead(HeadConfig(c64=32)).state_dict()
     with pytest.raises(ValueError, match="cannot start"):
         grow_from(ConceptHead(HeadConfig(c64=16, coords=True)), other)
+
+
+def test_a_soup_is_the_mean_of_its_heads_and_refuses_another_architecture(tmp_path):
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from medsam3.models.concept_head import ConceptHead, HeadConfig
+    from medsam3.training.soup import average_heads
+
+    sizes = {"c64": 16, "c128": 8, "c256": 8, "hidden": 32}
+    paths = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        state = ConceptHead(HeadConfig(**sizes)).state_dict()
+        state["modality.weight"] = torch.full((3, 4), float(seed))  # refitted, not averaged
+        paths.append(tmp_path / f"h{seed}.safetensors")
+        save_file({k: v.contiguous() for k, v in state.items()}, str(paths[-1]))
+    one, two = (load_file(str(p)) for p in paths)
+    soup = average_heads(paths)
+    assert "modality.weight" not in soup
+    name = "proj.0.weight"
+    assert not torch.equal(one[name], two[name])
+    assert torch.allclose(soup[name], (one[name] + two[name]) / 2)
+    ConceptHead(HeadConfig(**sizes)).load_state_dict(soup)  # a head of the same architecture
+    other = tmp_path / "other.safetensors"
+    save_file(ConceptHead(HeadConfig(**sizes, coords=True)).state_dict(), str(other))
+    with pytest.raises(ValueError, match="shape"):
+        average_heads([paths[0], other])
+    with pytest.raises(ValueError, match="two or more"):
+        average_heads(paths[:1])
+
+
+def test_the_lodo_config_of_head_v7_trains_its_recipe_from_scratch(repo_root):
+    from medsam3.training.config import load_config
+    from medsam3.training.lodo import load_lodo
+
+    lodo, base = load_lodo(repo_root / "configs" / "lodo_v7.yaml")
+    v7 = load_config(repo_root / "configs" / "train_compact_v7.yaml")
+    assert base["head"] == v7["head"] and base["augment_target"] == v7["augment_target"]
+    assert base["init_from"] is None  # every shipped head saw the held-out datasets
+    assert base["steps"] == 1000
+    old, _ = load_lodo(repo_root / "configs" / "lodo.yaml")
+    assert lodo["folds"] == old["folds"]  # the same folds: the tables compare recipes

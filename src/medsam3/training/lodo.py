@@ -22,6 +22,7 @@ import numpy as np
 import yaml
 
 from medsam3.training import presence_threshold
+from medsam3.training.config import load_config
 from medsam3.training.data import read_manifest
 from medsam3.training.evaluate import main as evaluate_main
 from medsam3.training.train import train
@@ -54,7 +55,8 @@ def run_fold(
     """Train one fold (unless done) and evaluate each held-out dataset not in skip (unless
     done)."""
     head = out / fold / "head.safetensors"
-    config = dict(base, output=str(head), run_name=f"lodo_{fold}", exclude_datasets=held_out)
+    run_name = f"{out.name}_{fold}"  # results/lodo -> lodo_a; another out keeps its own runs
+    config = dict(base, output=str(head), run_name=run_name, exclude_datasets=held_out)
     if not (out / fold / "done").is_file():
         train(config)
         (out / fold / "done").write_text("trained\n", encoding="utf-8")
@@ -114,6 +116,16 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def load_lodo(path: str | Path) -> tuple[dict, dict]:
+    """A LODO config and the training config its folds run: ``base`` (beside the LODO file)
+    with its own bases resolved, then ``overrides`` (e.g. fewer steps, or ``init_from: null``
+    so that no fold starts from a head that saw its held-out datasets)."""
+    config = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    base = load_config(Path(path).parent / config["base"])
+    base.update(config.get("overrides") or {})
+    return config, base
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run every fold of a LODO config and write the table (or the presence sweep)."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -121,9 +133,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--presence-sweep", action="store_true", help="see the module docstring")
     ap.add_argument("--out", default=None, help="folder of the folds (default: the config's)")
     args = ap.parse_args(argv)
-    config = yaml.safe_load(Path(args.config).read_text(encoding="utf-8"))
-    base = yaml.safe_load(Path(config["base"]).read_text(encoding="utf-8"))
-    base.update(config.get("overrides") or {})  # e.g. fewer steps on a small budget
+    config, base = load_lodo(args.config)
     names = sorted({r["source_dataset"] for r in read_manifest(Path(base["data_root"]))})
     out = Path(args.out or config["out"])
     max_items = config.get("max_items", 40)

@@ -124,6 +124,17 @@ def _resume(run_dir: Path, head, opt) -> tuple[int, float, dict | None, dict]:
     return int(state["step"]), float(state["best"]), state.get("best_head"), history
 
 
+def load_training(config: dict, device: str) -> tuple:
+    """LiteMedSAM (it encodes the views not yet cached), the train and val views, the
+    easy-negative pool and the phrase table of a training config."""
+    sam = LiteMedSAM(device=device)
+    data, val = training_views(config, "train", sam), training_views(config, "val", sam)
+    data["by_view"] = _by_view(data["pos"])
+    easy = safe_negatives(Path(config["data_root"]), seen={c for _, c, _ in data["pos"]})
+    phrases = PhraseTable(config.get("raw_phrase_share", 0.0))
+    return sam, data, val, easy, phrases
+
+
 def train(config: dict) -> Path:
     """Train the head; resumable from ``$MEDSAM3_CACHE/train/<run_name>/last.pt``.
 
@@ -136,11 +147,7 @@ def train(config: dict) -> Path:
     torch.set_num_threads(config.get("threads", 2))
     torch.manual_seed(config.get("seed", 0))
     device = resolve_device("compact", config.get("device", "auto"))
-    sam = LiteMedSAM(device=device)  # encodes the views not yet cached
-    data, val = training_views(config, "train", sam), training_views(config, "val", sam)
-    data["by_view"] = _by_view(data["pos"])
-    easy = safe_negatives(Path(config["data_root"]), seen={c for _, c, _ in data["pos"]})
-    phrases = PhraseTable(config.get("raw_phrase_share", 0.0))
+    sam, data, val, easy, phrases = load_training(config, device)
     head = ConceptHead(HeadConfig(**config.get("head", {}))).to(device)
     if config.get("init_from"):
         grow_from(head, load_file(config["init_from"]))
