@@ -60,7 +60,7 @@ def make_soup(config: dict, heads: list[Path], output: Path) -> dict:
     head = head.to(device).eval()
     sam, data, val, easy, phrases = load_training(config, device)
     metrics = validate(head, val, phrases, easy)
-    soup = {"heads": [p.name if p.parent == output.parent else str(p) for p in heads]}
+    soup = {"heads": [str(p) for p in heads]}
     save_head(head, output, {"training": {"soup": soup, "val": metrics}})
     finish(output, head, data, val, phrases, easy, sam)
     return metrics
