@@ -213,29 +213,35 @@ def test_a_head_of_another_size_cannot_start_a_grown_one():
 
 def test_a_soup_is_the_mean_of_its_heads_and_refuses_another_architecture(tmp_path):
     import torch
-    from safetensors.torch import load_file, save_file
 
     from medsam3.models.concept_head import ConceptHead, HeadConfig
+    from medsam3.models.modality import ModalityHead
+    from medsam3.training.head_file import save_head
     from medsam3.training.soup import average_heads
 
     sizes = {"c64": 16, "c128": 8, "c256": 8, "hidden": 32}
-    paths = []
+    classes = ["ct", "mri"]
+    heads, paths = [], []
     for seed in (0, 1):
         torch.manual_seed(seed)
-        state = ConceptHead(HeadConfig(**sizes)).state_dict()
-        state["modality.weight"] = torch.full((3, 4), float(seed))  # refitted, not averaged
-        paths.append(tmp_path / f"h{seed}.safetensors")
-        save_file({k: v.contiguous() for k, v in state.items()}, str(paths[-1]))
-    one, two = (load_file(str(p)) for p in paths)
-    soup = average_heads(paths)
-    assert "modality.weight" not in soup
+        heads.append(ConceptHead(HeadConfig(**sizes)))
+        modality = {f"modality.{k}": v for k, v in ModalityHead(classes).state_dict().items()}
+        paths.append(
+            save_head(
+                heads[-1],
+                tmp_path / f"h{seed}.safetensors",
+                {"modality_classes": classes},
+                modality,
+            )
+        )
+    one, two = (h.state_dict() for h in heads)
+    soup = average_heads(paths).state_dict()
+    assert not any(k.startswith("modality.") for k in soup)  # refitted, not averaged
     name = "proj.0.weight"
     assert not torch.equal(one[name], two[name])
     assert torch.allclose(soup[name], (one[name] + two[name]) / 2)
-    ConceptHead(HeadConfig(**sizes)).load_state_dict(soup)  # a head of the same architecture
-    other = tmp_path / "other.safetensors"
-    save_file(ConceptHead(HeadConfig(**sizes, coords=True)).state_dict(), str(other))
-    with pytest.raises(ValueError, match="shape"):
+    other = save_head(ConceptHead(HeadConfig(**sizes, coords=True)), tmp_path / "o.safetensors", {})
+    with pytest.raises(ValueError, match="not the architecture"):
         average_heads([paths[0], other])
     with pytest.raises(ValueError, match="two or more"):
         average_heads(paths[:1])

@@ -18,46 +18,42 @@ import argparse
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 
 from medsam3.models.build import resolve_device
-from medsam3.models.concept_head import ConceptHead, HeadConfig
+from medsam3.models.compact import load_head
+from medsam3.models.concept_head import ConceptHead
 from medsam3.training.config import load_config
 from medsam3.training.fit_heads import finish
 from medsam3.training.head_file import save_head
 from medsam3.training.train import load_training
 from medsam3.training.validate import validate
 
-MODALITY_PREFIX = "modality."  # the classifier stored in the head file, refitted, not averaged
 
-
-def average_heads(paths: list[Path]) -> dict[str, torch.Tensor]:
-    """The mean of each concept-head tensor over the head files (same names and shapes)."""
+def average_heads(paths: list[Path]) -> ConceptHead:
+    """A head whose tensors are the mean of the heads' (each read by :func:`load_head`, its
+    architecture from its JSON; their modality classifiers are left out, to be refitted)."""
     if len(paths) < 2:
         raise ValueError(f"a soup needs two or more heads, got {len(paths)}")
-    states = [load_file(str(p)) for p in paths]
-    names = {k for k in states[0] if not k.startswith(MODALITY_PREFIX)}
-    for path, state in zip(paths[1:], states[1:], strict=True):
-        own = {k for k in state if not k.startswith(MODALITY_PREFIX)}
-        if own != names:
-            raise ValueError(f"{path}: not the architecture of {paths[0]} ({own ^ names})")
-        for name in names:
-            if state[name].shape != states[0][name].shape:
-                raise ValueError(f"{path}: {name} has shape {tuple(state[name].shape)}")
-    return {n: torch.stack([s[n].float() for s in states]).mean(0) for n in sorted(names)}
+    heads = [load_head(p)[0] for p in paths]
+    for path, head in zip(paths[1:], heads[1:], strict=True):
+        if head.cfg != heads[0].cfg:
+            raise ValueError(f"{path}: not the architecture of {paths[0]} ({head.cfg})")
+    states = [h.state_dict() for h in heads]
+    soup = ConceptHead(heads[0].cfg)
+    soup.load_state_dict({n: torch.stack([s[n] for s in states]).mean(0) for n in states[0]})
+    return soup
 
 
 def make_soup(config: dict, heads: list[Path], output: Path) -> dict:
-    """Average ``heads`` into ``output`` and fit its modality classifier and calibration.
+    """Average ``heads`` into ``output`` and fit its modality classifier and calibration on the
+    views of ``config``.
 
     Returns:
         The val metrics of the average (as a training checkpoint is scored).
     """
     torch.set_num_threads(config.get("threads", 2))
     device = resolve_device("compact", config.get("device", "auto"))
-    head = ConceptHead(HeadConfig(**config.get("head", {})))
-    head.load_state_dict(average_heads(heads))
-    head = head.to(device).eval()
+    head = average_heads(heads).to(device).eval()
     sam, data, val, easy, phrases = load_training(config, device)
     metrics = validate(head, val, phrases, easy)
     soup = {"heads": [str(p) for p in heads]}
@@ -69,7 +65,7 @@ def make_soup(config: dict, heads: list[Path], output: Path) -> dict:
 def main(argv: list[str] | None = None) -> None:
     """Entry point (see the module docstring)."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("config", help="training config whose head, views and val to use")
+    ap.add_argument("config", help="training config whose views and val to use")
     ap.add_argument("output", help="the averaged head (.safetensors; its JSON beside it)")
     ap.add_argument("heads", nargs="+", help="two or more head files of one architecture")
     args = ap.parse_args(argv)
