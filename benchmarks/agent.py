@@ -1,4 +1,4 @@
-"""The rules agent against the backend alone, on the same encodings, over the shared val split.
+"""The rules agent against the backend alone, same encodings, on a split of the shared data.
 
 One agent run per image gives both arms: "off" is the compact backend's own result (kept by the
 agent as its raw mask), "rules" the agent's. Pairs: each annotated (image, concept) and
@@ -11,7 +11,8 @@ agent as its raw mask), "rules" the agent's. Pairs: each annotated (image, conce
   wrong result (all pairs);
 - extra encodings and seconds per image (the agent's share of the wall time).
 
-Use the val split (never test) and a small subset on a busy CPU:
+Choose on the val split (the critic and the replacement rule are fitted there); read the test
+split once per shipped agent. A small subset on a busy CPU:
 
     PYTHONPATH=src python benchmarks/agent.py --data ../shared/data --per-dataset 2 --limit 20
 """
@@ -156,7 +157,9 @@ def main(argv: list[str] | None = None) -> None:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, required=True)
-    parser.add_argument("--split", default="val", choices=["val", "train"], help="never test")
+    parser.add_argument(
+        "--split", default="val", choices=["val", "train", "test"], help="test: once per agent"
+    )
     parser.add_argument("--per-dataset", type=int, default=2)
     parser.add_argument("--limit", type=int, default=None, help="at most N images")
     parser.add_argument("--hard", type=int, default=1, help="negatives per image")

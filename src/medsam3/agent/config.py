@@ -25,7 +25,9 @@ class AgentConfig:
         timeout_s: seconds to wait for one MLLM reply.
         cache_dir: folder of cached MLLM replies ("" = ``$MEDSAM3_CACHE/agent`` or
             ``~/.cache/medsam3/agent``).
-        min_gain: a candidate replaces the current result only when it scores this much higher.
+        min_gain: a candidate replaces the current result only when it scores this much higher
+            (and, on 2D planes, when the shipped replacement rule expects it to raise Dice:
+            :mod:`medsam3.agent.gain`).
         refine_absent: also work on a concept the backend reported absent (empty mask); by
             default such a result is scored and kept, so the agent never turns an absent
             concept into a present one.

@@ -4,6 +4,10 @@ Bounded (``max_rounds`` rounds, ``max_encodings`` extra encodings) and determini
 run in the planner's order and ties keep the current result. The loop stops as soon as the
 critic accepts the current result (score >= ``accept``) or a round finds nothing better; what
 is still below ``accept`` at the end is flagged for review. Every try is a trace row.
+
+A candidate is better when the critic scores it higher by more than ``min_gain`` and, where a
+replacement rule is given (:mod:`medsam3.agent.gain`), its expected Dice gain exceeds the rule's
+margin; the best is the one with the highest expected gain (else the highest score).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ TRACE_COLUMNS = (
 )
 
 Propose = Callable[[Candidate, int, int], list[Action]]
+Advantage = Callable[[Candidate, Candidate], float]  # (current, candidate) -> gain over margin
 
 
 @dataclass
@@ -71,6 +76,7 @@ def run_loop(
     propose: Propose,
     judge: Callable[[Candidate], None],
     config: AgentConfig,
+    advantage: Advantage | None = None,
 ) -> Outcome:
     """Improve one concept's result.
 
@@ -80,6 +86,8 @@ def run_loop(
         propose: (current, round, encodings left) -> actions to try.
         judge: sets a candidate's ``features`` and ``score`` (the critic).
         config: rounds, encodings, accept threshold, minimum gain.
+        advantage: the replacement rule, (current, candidate) -> expected Dice gain minus its
+            margin (> 0 needed); None: the critic's score alone decides.
 
     Returns:
         The outcome, with its trace.
@@ -90,7 +98,7 @@ def run_loop(
         if out.final.score >= config.accept:
             break
         out.rounds = rnd
-        best = _round(concept, rnd, out, propose, judge, config)
+        best = _round(concept, rnd, out, propose, judge, config, advantage)
         if best is None:
             break
         out.final = best
@@ -103,9 +111,9 @@ def run_loop(
     return out
 
 
-def _round(concept, rnd, out: Outcome, propose: Propose, judge, config) -> Candidate | None:
+def _round(concept, rnd, out: Outcome, propose, judge, config, advantage) -> Candidate | None:
     """One round: try each proposed action once; return the best that beats the current."""
-    current, best, best_row = out.final, None, None
+    current, best, best_row, best_rank = out.final, None, None, None
     for action in propose(current, rnd, config.max_encodings - out.encodings):
         if action.note:
             out.trace.append(
@@ -125,13 +133,17 @@ def _round(concept, rnd, out: Outcome, propose: Propose, judge, config) -> Candi
             continue
         out.encodings += candidate.encodings
         judge(candidate)
-        wins = candidate.score > current.score + config.min_gain
-        wins = wins and (best is None or candidate.score > best.score)
         row = _row(concept, rnd, action.name, current.score, candidate.score, "rejected", "")
         row["reason"] = action.reason
+        rank = candidate.score
+        wins = candidate.score > current.score + config.min_gain
+        if advantage is not None:
+            rank = advantage(current, candidate)
+            row["reason"] += f"; expected Dice gain {rank:+.3f} over the margin"
+            wins = wins and rank > 0
         out.trace.append(row)
-        if wins:
-            best, best_row = candidate, row
+        if wins and (best_rank is None or rank > best_rank):
+            best, best_row, best_rank = candidate, row, rank
     if best_row is not None:
         best_row["decision"] = "accepted"
     return best

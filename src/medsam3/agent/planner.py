@@ -11,7 +11,8 @@ Actions on a 2D plane of the compact backend reuse the plane's encoding (``Plane
 
 ``drop`` (remove components that are specks, on the wrong side, or outside the containing
 concept) works on any mask: 2D, volumes and videos. Every action returns a ``Candidate``; the
-loop keeps one only when the critic scores it higher.
+loop keeps one only when the critic scores it higher (and, on 2D planes, the replacement rule
+of :mod:`medsam3.agent.gain` expects a Dice gain).
 """
 
 from __future__ import annotations
@@ -259,13 +260,16 @@ def drop_implausible(
     return Candidate(kept, current.presence, "drop")
 
 
-def plane_actions(ctx: PlaneContext, current: Candidate, budget: int) -> list[Action]:
+def plane_actions(
+    ctx: PlaneContext, current: Candidate, budget: int, every: bool = False
+) -> list[Action]:
     """The 2D actions the critic's features call for, most promising first.
 
     Args:
         ctx: the encoded plane.
         current: the result now (its features set by the loop).
         budget: encodings still allowed (crop-and-zoom needs one).
+        every: propose every action whatever the features say (fitting the replacement rule).
 
     Returns:
         Actions to try this round.
@@ -289,7 +293,7 @@ def plane_actions(ctx: PlaneContext, current: Candidate, budget: int) -> list[Ac
         "relax": off_shape,
         "tighten": not empty,
     }
-    acts = [Action(name, REASONS[name], run) for name, run in runs.items() if wanted[name]]
+    acts = [Action(n, REASONS[n], run) for n, run in runs.items() if every or wanted[n]]
     for alt in alternative_phrases(ctx.phrase):
         acts.append(
             Action(f"reprompt:{alt}", "synonym / parent", lambda a=alt: reprompt(ctx, a, current))

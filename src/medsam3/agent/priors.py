@@ -10,6 +10,7 @@ plane). JSON only: nothing is unpickled.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -19,6 +20,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
+from medsam3.agent.gain import GainModel
 from medsam3.training.data import build_samples
 
 PRIORS_FILE = "data/agent_priors.json"
@@ -51,6 +53,7 @@ class Priors:
         coef: one weight per feature.
         intercept: the logistic regression's bias.
         fitted_on: where the coefficients came from (a sentence).
+        gain: the replacement rule (:mod:`medsam3.agent.gain`); None: the critic alone decides.
     """
 
     concepts: dict[str, ConceptPrior] = field(default_factory=dict)
@@ -58,9 +61,11 @@ class Priors:
     coef: tuple[float, ...] = ()
     intercept: float = 0.0
     fitted_on: str = ""
+    gain: GainModel | None = None
 
     def to_json(self) -> dict:
         """The JSON the package ships."""
+        gain = {} if self.gain is None else {"gain": self.gain.to_json()}
         return {
             "concepts": {c: vars(p) for c, p in sorted(self.concepts.items())},
             "critic": {
@@ -69,6 +74,7 @@ class Priors:
                 "intercept": self.intercept,
                 "fitted_on": self.fitted_on,
             },
+            **gain,
         }
 
     @classmethod
@@ -87,6 +93,7 @@ class Priors:
             tuple(float(v) for v in critic.get("coef", ())),
             float(critic.get("intercept", 0.0)),
             critic.get("fitted_on", ""),
+            GainModel.from_json(data["gain"]) if "gain" in data else None,
         )
 
 
@@ -159,13 +166,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=default_out)
     args = parser.parse_args(argv)
     old = load_priors()
-    new = Priors(
-        fit_concept_priors(args.data, args.split),
-        old.features,
-        old.coef,
-        old.intercept,
-        old.fitted_on,
-    )
+    new = dataclasses.replace(old, concepts=fit_concept_priors(args.data, args.split))
     print(f"wrote {write_priors(new, args.out)} ({len(new.concepts)} concepts)")
 
 

@@ -22,8 +22,8 @@ import numpy as np
 from scipy import ndimage
 
 from medsam3.agent.config import AgentConfig
-from medsam3.agent.critic import critic_score, features
-from medsam3.agent.loop import Outcome, run_loop
+from medsam3.agent.critic import critic_score, features, iou
+from medsam3.agent.loop import Advantage, Outcome, run_loop
 from medsam3.agent.mllm import MllmChooser
 from medsam3.agent.planner import (
     Candidate,
@@ -137,7 +137,9 @@ class AgentSegmenter(Segmenter):
             c.features = features(phrase, c.mask, c.presence, others, c.evidence, self.priors)
             c.score = critic_score(c.features, self.priors)
 
+        advantage = None
         if call["kind"] == "image" and isinstance(self.base, CompactSegmenter):
+            advantage = self._advantage()
             ctx = self._plane_context(phrase, result, array, others, call["modality"])
             initial.evidence = evidence(ctx, initial.mask)
 
@@ -153,7 +155,21 @@ class AgentSegmenter(Segmenter):
         config = self.config
         if not initial.mask.any() and not config.refine_absent:
             config = replace(config, max_rounds=0)  # scored, flagged if doubtful, kept
-        return run_loop(phrase, initial, propose, judge, config)
+        return run_loop(phrase, initial, propose, judge, config, advantage)
+
+    def _advantage(self) -> Advantage | None:
+        """The shipped replacement rule on 2D planes, where it was fitted (None: not fitted)."""
+        model = self.priors.gain
+        if model is None:
+            return None
+
+        def advantage(current: Candidate, candidate: Candidate) -> float:
+            now = {**current.features, "critic": current.score}
+            new = {**candidate.features, "critic": candidate.score}
+            overlap = iou(current.mask, candidate.mask)
+            return model.expected_gain(candidate.action, now, new, overlap) - model.margin
+
+        return advantage
 
     def _plane_context(self, phrase, result, array, others, modality) -> PlaneContext:
         """The compact model's encoded plane for a phrase (a cache hit after the base call)."""
