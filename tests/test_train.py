@@ -168,6 +168,12 @@ def test_a_second_stage_config_takes_its_base_and_replaces_keys(tmp_path):
     v8 = load_config(configs / "train_compact_v8.yaml")  # head v9 averages v7 and v8
     assert v8["head"] == v7["head"] and v8["init_from"] == v7["output"]
     assert (v8["steps"], v8["lr"]) == (v7["steps"], v7["lr"])
+    v10a = load_config(configs / "train_compact_v10a.yaml")  # v10 trial: v9 trained as v8 was
+    assert (
+        v10a["head"] == v7["head"]
+        and v10a["init_from"] == "results/heads/v9/compact_head.safetensors"
+    )
+    assert (v10a["steps"], v10a["lr"]) == (v8["steps"], v8["lr"])
 
 
 def test_a_grown_head_starts_as_the_smaller_one_and_trains_its_new_parts():
