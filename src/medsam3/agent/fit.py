@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from dataclasses import replace
 from importlib import resources
@@ -99,13 +100,19 @@ def score_sample(model: AgentSegmenter, sample: Sample, negatives: list[str]) ->
     return rows
 
 
-def score_split(model: AgentSegmenter, samples: list[Sample], root: Path, hard: int) -> list[dict]:
-    """:func:`score_sample` over samples, with ``hard`` negatives from each image's dataset."""
+def score_split(
+    model: AgentSegmenter, samples: list[Sample], root: Path, hard: int, scorer=None
+) -> list[dict]:
+    """``scorer`` (default :func:`score_sample`; :func:`candidate_rows` for the fit) over
+    samples, with ``hard`` negatives from each image's dataset; progress on stderr."""
+    scorer = scorer or score_sample
     named = dataset_concepts(root)
     rows = []
-    for s in samples:
+    for n, s in enumerate(samples, 1):
         negatives = [c for c in named.get(s.dataset, []) if c not in s.masks][:hard]
-        rows += score_sample(model, s, negatives)
+        rows += scorer(model, s, negatives)
+        if n % 20 == 0 or n == len(samples):
+            print(f"{n}/{len(samples)} images scored", file=sys.stderr, flush=True)
     return rows
 
 
@@ -115,8 +122,8 @@ def candidate_rows(model: AgentSegmenter, sample: Sample, negatives: list[str]) 
 
     Returns:
         One row per concept: ``dice_off``, ``present_off``, ``annotated``, the critic's
-        features (``f_<name>``), ``current`` (the same features) and ``candidates`` [{action,
-        dice, features, overlap (IoU with the backend's mask)}].
+        features (``f_<name>``) and ``candidates`` [{action, dice, features, overlap (IoU with
+        the backend's mask)}].
     """
     base, rgb = model.base, sample.load_rgb()
     concepts = list(sample.masks) + negatives
@@ -141,7 +148,6 @@ def candidate_rows(model: AgentSegmenter, sample: Sample, negatives: list[str]) 
                     "dice_off": dice(now.mask, gt),
                     "present_off": bool(now.mask.any()),
                     **{f"f_{k}": v for k, v in now.features.items()},
-                    "current": now.features,
                     "candidates": [_candidate(a.run(), c, others, gt, now, model) for a in acts],
                 }
             )
@@ -174,7 +180,7 @@ def fit_replacement(rows: list[dict], critic: Priors) -> tuple[Priors, dict]:
             "dataset": r["dataset"],
             "annotated": r["annotated"],
             "dice": r["dice_off"],
-            "current": scored(r["current"]),
+            "current": scored({f: r[f"f_{f}"] for f in FEATURES}),
             "candidates": [{**c, "features": scored(c["features"])} for c in r["candidates"]],
         }
         for r in rows
@@ -230,13 +236,7 @@ def _score(args: argparse.Namespace) -> tuple[list[dict], str]:
     base = load_model("compact", checkpoint=args.checkpoint, device="cpu")
     model = wrap(base, {"mode": "rules", "max_rounds": 0})
     samples = val_samples(args.data, args.split, args.per_dataset, args.limit)
-    named = dataset_concepts(args.data)
-    rows = []
-    for n, s in enumerate(samples, 1):
-        negatives = [c for c in named.get(s.dataset, []) if c not in s.masks][: args.hard]
-        rows += candidate_rows(model, s, negatives)
-        if n % 20 == 0 or n == len(samples):
-            print(f"{n}/{len(samples)} images scored", flush=True)
+    rows = score_split(model, samples, args.data, args.hard, candidate_rows)
     source = (
         f"{args.split} split, {len(samples)} images ({args.per_dataset} per dataset, seed 0), "
         f"{len(rows)} pairs with {args.hard} hard negative(s) per image; compact head sha256 "

@@ -147,26 +147,25 @@ def design(rows: list[dict], features: Sequence[str]) -> tuple[np.ndarray, np.nd
 
 
 def realised_gains(
-    rows: list[dict], coef, intercept: float, margin: float, features, min_gain=AgentConfig.min_gain
-) -> list:
+    rows: list[dict], model: GainModel, min_gain: float = AgentConfig.min_gain
+) -> list[float]:
     """Dice gain of the rule on each annotated pair, as the loop's first round decides: the
-    candidate with the highest expected gain, if that exceeds ``margin`` and the critic scores
-    it more than ``min_gain`` higher, else none (0)."""
+    candidate with the highest expected gain, if that exceeds the model's margin and the critic
+    scores it more than ``min_gain`` higher, else none (0)."""
     out = []
     for r in (r for r in rows if r["annotated"]):
-        best, value = None, margin
+        best, value = None, model.margin
         for c in r["candidates"]:
             if c["features"]["critic"] <= r["current"]["critic"] + min_gain:
                 continue
-            x = inputs(c["action"], r["current"], c["features"], c["overlap"], features)
-            g = float(x @ coef + intercept)
+            g = model.expected_gain(c["action"], r["current"], c["features"], c["overlap"])
             if g > value:
                 best, value = c, g
         out.append(0.0 if best is None else best["dice"] - r["dice"])
     return out
 
 
-def action_summary(rows: list[dict], min_gain: float = 0.01) -> dict[str, float]:
+def action_summary(rows: list[dict], min_gain: float = AgentConfig.min_gain) -> dict[str, float]:
     """Mean Dice over annotated pairs with candidates: the backend's (``current``), each
     action's change, the critic's rule (its best-scored candidate when it scores more than
     ``min_gain`` higher) and an oracle (the best candidate by true Dice)."""
@@ -199,7 +198,7 @@ def cross_validate(rows: list[dict], features, margins=MARGINS) -> dict[float, l
             continue
         w, b = fit_ridge(x, y)
         for m in margins:
-            out[m] += realised_gains(test, w, b, m, features)
+            out[m] += realised_gains(test, GainModel(tuple(features), tuple(w), b, m))
     return out
 
 
