@@ -17,7 +17,11 @@ from PIL import Image
 import medsam3
 from medsam3.agent.loop import TRACE_COLUMNS
 from medsam3.agent.planner import (
+    MAX_CROP_SHARE,
     Candidate,
+    box_of,
+    crop_around,
+    crop_share,
     crop_zoom,
     drop_implausible,
     localise,
@@ -124,6 +128,20 @@ def test_every_plane_action_on_the_real_image(agent, results, ct_slice):
         assert c.evidence.synonym_iou is not None, name
     assert made["crop_zoom"] is None or made["crop_zoom"].encodings == 1
     assert made["relax"].mask.sum() >= made["tighten"].mask.sum()
+
+
+def test_crop_zoom_looks_closer_or_not_at_all(agent, results, ct_slice):
+    ctx = agent._plane_context("liver", results["liver"], ct_slice, {}, "ct")
+    small = np.zeros(ct_slice.shape, bool)
+    small[200:260, 220:300] = True
+    closer = crop_zoom(ctx, Candidate(small, 0.9))
+    ys, xs = crop_around(box_of(small)[0].reshape(-1), ct_slice.shape)
+    assert crop_share((ys, xs), ct_slice.shape) < MAX_CROP_SHARE
+    assert closer.encodings == 1 and not closer.mask[: ys.start].any()
+    assert not closer.mask[:, xs.stop :].any()  # pasted back inside its crop only
+    whole = np.zeros(ct_slice.shape, bool)
+    whole[5:-5, 5:-5] = True  # the crop would be the whole plane: nothing to zoom into
+    assert crop_zoom(ctx, Candidate(whole, 0.9)) is None
 
 
 def test_drop_removes_the_wrong_side_and_outside_parts(shared_data):

@@ -33,6 +33,7 @@ from medsam3.models.litemedsam import logits_to_original
 THRESHOLD_STEP = 1.5  # logit change of relax / tighten
 CROP_MARGIN = 0.5  # crop-and-zoom: box grown by this share of its size on each side
 MIN_CROP = 64  # pixels: smallest crop side
+MAX_CROP_SHARE = 0.9  # a crop this share of the plane or more is no closer look: not proposed
 REASONS = {
     "drop": "specks, wrong side or outside the container",
     "box:peak": "localise at the dense map's peak",
@@ -206,20 +207,32 @@ def rethreshold(ctx: PlaneContext, offset: float, current: Candidate) -> Candida
 
 
 def crop_zoom(ctx: PlaneContext, current: Candidate) -> Candidate | None:
-    """Segment a crop around the current mask (or the dense peak) and paste it back."""
+    """Segment a crop around the current mask (or the dense peak) and paste it back.
+
+    None when there is no box, or when the crop covers MAX_CROP_SHARE of the plane or more:
+    segmenting (nearly) the whole plane again only loses what the backend added (the tiles of
+    a vessel tree).
+    """
     box = box_of(current.mask)[0] if current.mask.any() else _peak_box(ctx)
     if box is None:
         return None
-    box = box.reshape(-1)
-    sl = _crop(box, ctx.state.prep.original)
+    shape = ctx.state.prep.original
+    sl = crop_around(box.reshape(-1), shape)
+    if crop_share(sl, shape) >= MAX_CROP_SHARE:
+        return None
     result = ctx.model.segment_plane(ctx.rgb[sl], [ctx.phrase])[ctx.phrase]
-    mask = np.zeros(ctx.state.prep.original, bool)
+    mask = np.zeros(shape, bool)
     mask[sl] = result.mask.astype(bool)
     presence = max(current.presence, float(result.presence))
     return _cleaned(ctx, mask, presence, "crop_zoom", cost=1)
 
 
-def _crop(box: np.ndarray, shape: tuple[int, int]) -> tuple[slice, slice]:
+def crop_share(sl: tuple[slice, slice], shape: tuple[int, int]) -> float:
+    """The share of a (y, x) plane that the crop ``sl`` covers."""
+    return (sl[0].stop - sl[0].start) * (sl[1].stop - sl[1].start) / (shape[0] * shape[1])
+
+
+def crop_around(box: np.ndarray, shape: tuple[int, int]) -> tuple[slice, slice]:
     """(y, x) slices of a box grown by CROP_MARGIN each side, at least MIN_CROP, in bounds."""
     x0, y0, x1, y1 = (float(v) for v in box)
     half_w = max(MIN_CROP, (x1 - x0) * (1 + 2 * CROP_MARGIN)) / 2
