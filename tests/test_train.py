@@ -36,6 +36,7 @@ def test_tiny_training_writes_a_head_and_resumes(shared_data, tmp_path, monkeypa
         augment_max=1,
         atlas_slices=0,
         per_dataset_max={"train": {"default": 1}, "val": {"default": 1}},
+        mixstyle={"p": 1.0, "alpha": 0.1},  # the embeddings' looks mixed at every step
     )
     out = train(config)
     info = json.loads(out.with_suffix(".json").read_text(encoding="utf-8"))
@@ -264,3 +265,13 @@ def test_the_lodo_config_of_head_v7_trains_its_recipe_from_scratch(repo_root):
     assert base["steps"] == 1000
     old, _ = load_lodo(repo_root / "configs" / "lodo.yaml")
     assert lodo["folds"] == old["folds"]  # the same folds: the tables compare recipes
+
+
+def test_the_mixstyle_lodo_trial_is_head_v7s_lodo_recipe_plus_mixstyle(repo_root):
+    from medsam3.training.lodo import load_lodo
+
+    v7, v7_base = load_lodo(repo_root / "configs" / "lodo_v7.yaml")
+    trial, base = load_lodo(repo_root / "configs" / "lodo_v7_mixstyle.yaml")
+    assert base.pop("mixstyle") == {"p": 0.5, "alpha": 0.1}
+    assert base == v7_base  # the only difference: the control is results/lodo_v7
+    assert trial["folds"]["b"] == v7["folds"]["b"] and trial["max_items"] == v7["max_items"]

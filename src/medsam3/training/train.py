@@ -32,6 +32,7 @@ from medsam3.training.config import load_config
 from medsam3.training.data import easy_negatives, safe_negatives
 from medsam3.training.fit_heads import finish
 from medsam3.training.head_file import save_head
+from medsam3.training.mixstyle import mix_styles
 from medsam3.training.phrases import PhraseTable
 from medsam3.training.validate import validate
 from medsam3.training.views import training_views
@@ -86,10 +87,15 @@ def _batch(data, idx, rng, easy, phrases: PhraseTable, cfg) -> list[tuple]:
     return rows
 
 
-def _step(head: ConceptHead, data: dict, idx: list[int], rows: list, cfg: dict) -> torch.Tensor:
-    """Loss of one batch: positives at full resolution, negatives on the cheap coarse map."""
+def _step(
+    head: ConceptHead, data: dict, idx: list[int], rows: list, cfg: dict, generator=None
+) -> torch.Tensor:
+    """Loss of one batch: positives at full resolution, negatives on the cheap coarse map
+    (with ``mixstyle: {p, alpha}`` in the config, the embeddings' statistics mixed first)."""
     dev = next(head.parameters()).device
     emb, frame = data["emb"][idx].to(dev).float(), data["frame"][idx].to(dev).float()
+    if cfg.get("mixstyle"):
+        emb = mix_styles(emb, cfg["mixstyle"]["p"], cfg["mixstyle"]["alpha"], generator)
     feats = head.image_features(emb, frame / 255)
     pos = [r for r in rows if r[2] is not None]
     neg = [r for r in rows if r[2] is None]
@@ -160,6 +166,7 @@ def train(config: dict) -> Path:
         data["meta"], data["pos"], config.get("dataset_power", 0.0), config.get("balance", 0.0)
     )
     rng = random.Random(config.get("seed", 0) * 1000 + step)
+    generator = torch.Generator().manual_seed(config.get("seed", 0) * 1000 + step)
     t0 = time.time()
     views, positives = len(data["meta"]), len(data["pos"])
     print(f"training on {views} views, {positives} positives ({device})", flush=True)
@@ -167,7 +174,8 @@ def train(config: dict) -> Path:
         for group in opt.param_groups:
             group["lr"] = step_lr(config, step)
         idx = rng.choices(range(len(weights)), weights=weights, k=config["batch_images"])
-        loss = _step(head, data, idx, _batch(data, idx, rng, easy, phrases, config), config)
+        rows = _batch(data, idx, rng, easy, phrases, config)
+        loss = _step(head, data, idx, rows, config, generator)
         opt.zero_grad()
         loss.backward()
         opt.step()
