@@ -126,8 +126,12 @@ def test_every_plane_action_on_the_real_image(agent, results, ct_slice):
             continue
         assert c.mask.shape == ct_slice.shape and c.mask.dtype == bool, name
         assert c.evidence.synonym_iou is not None, name
+        if c.mask.any():  # the dense map's mean probability inside the mask
+            assert 0.0 <= c.evidence.confidence <= 1.0, name
     assert made["crop_zoom"] is None or made["crop_zoom"].encodings == 1
     assert made["relax"].mask.sum() >= made["tighten"].mask.sum()
+    # a tighter cut keeps the head's surer pixels: its dense confidence is higher
+    assert made["tighten"].evidence.confidence > made["relax"].evidence.confidence
 
 
 def test_crop_zoom_looks_closer_or_not_at_all(agent, results, ct_slice):

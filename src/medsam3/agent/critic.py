@@ -10,6 +10,8 @@ Signals (features, each a float; the critic never sees ground truth):
 - ``components_excess``: components beyond the training masks' 95th percentile, relative.
 - ``decoder_iou``: IoU of the mask with the LiteMedSAM decoder's mask from its own box.
 - ``synonym_iou``: IoU with the dense mask of a synonym or the parent concept.
+- ``dense_confidence``: the mean probability of the head's dense map inside the mask (low
+  where the head was unsure, or where a candidate reaches beyond what the head marked).
 - ``relation``: containment in the containing concept ("liver tumor" in "liver") and the
   side of a lateral concept (the patient's left on the image's right, radiological order):
   1 consistent, 0 violated, 0.5 unknown.
@@ -41,10 +43,17 @@ FEATURES = (
     "synonym_iou",
     "relation",
     "continuity",
+    "dense_confidence",
 )
-NEUTRAL = {"decoder_iou": 0.5, "synonym_iou": 0.5, "relation": 0.5, "continuity": 1.0}
+NEUTRAL = {
+    "decoder_iou": 0.5,
+    "synonym_iou": 0.5,
+    "relation": 0.5,
+    "continuity": 1.0,
+    "dense_confidence": 0.5,
+}
 # Used until coefficients are fitted: presence and agreement up, implausible shapes down.
-DEFAULT_COEF = (4.0, 0.0, -1.5, -1.0, 2.0, 1.5, 1.5, 1.0)
+DEFAULT_COEF = (4.0, 0.0, -1.5, -1.0, 2.0, 1.5, 1.5, 1.0, 1.0)
 DEFAULT_INTERCEPT = -4.0
 PART_WORDS = {"tumor", "tumour", "lesion", "nodule", "cyst", "root", "crown", "wall"}
 
@@ -56,10 +65,12 @@ class Evidence:
     Attributes:
         decoder_iou: IoU of the mask with the decoder's mask from the mask's box.
         synonym_iou: IoU of the mask with a synonym's (or the parent's) dense mask.
+        confidence: mean probability of the head's dense map inside the mask.
     """
 
     decoder_iou: float | None = None
     synonym_iou: float | None = None
+    confidence: float | None = None
 
 
 def iou(a: np.ndarray, b: np.ndarray) -> float:
@@ -208,6 +219,7 @@ def features(
         "synonym_iou": _or_neutral(evidence.synonym_iou, "synonym_iou"),
         "relation": relation(concept, mask, others or {}),
         "continuity": continuity(mask, planar),
+        "dense_confidence": _or_neutral(evidence.confidence, "dense_confidence"),
     }
 
 
@@ -246,6 +258,7 @@ SIGNS = {
     "synonym_iou": 1,
     "relation": 1,
     "continuity": 1,
+    "dense_confidence": 1,
 }
 
 

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 from scipy import ndimage
+from scipy.special import expit
 
 from medsam3.agent.critic import Evidence, container_of, iou
 from medsam3.agent.priors import load_priors
@@ -98,11 +99,20 @@ class PlaneContext:
     dense: torch.Tensor
     others: dict[str, np.ndarray] = field(default_factory=dict)
     _synonym: np.ndarray | None = None
+    _logits: np.ndarray | None = None
 
     @property
     def threshold(self) -> float:
         """The model's presence threshold."""
         return float(self.model.presence_threshold)
+
+    @property
+    def logits(self) -> np.ndarray:
+        """(y, x) float dense logits of the phrase in original pixels (computed once)."""
+        if self._logits is None:
+            dense = self.dense[None].float()
+            self._logits = logits_to_original(dense, self.state.prep)[0, 0].cpu().numpy()
+        return self._logits
 
 
 def alternative_phrases(phrase: str) -> list[str]:
@@ -129,13 +139,15 @@ def box_of(mask: np.ndarray) -> np.ndarray:
 
 
 def evidence(ctx: PlaneContext, mask: np.ndarray) -> Evidence:
-    """Decoder agreement (mask vs the decoder's mask from its box) and synonym agreement."""
-    decoder = None
+    """Decoder agreement (mask vs the decoder's mask from its box), synonym agreement and
+    the dense map's confidence inside the mask."""
+    decoder = confidence = None
     if mask.any():
         decoded = ctx.model.decoder_masks(ctx.state, boxes=box_of(mask))[0]
         decoder = iou(mask, decoded)
+        confidence = float(np.mean(expit(ctx.logits[mask])))
     synonym = synonym_mask(ctx)
-    return Evidence(decoder, None if synonym is None else iou(mask, synonym))
+    return Evidence(decoder, None if synonym is None else iou(mask, synonym), confidence)
 
 
 def synonym_mask(ctx: PlaneContext) -> np.ndarray | None:
@@ -192,7 +204,7 @@ def _source_box(ctx: PlaneContext, source: str) -> np.ndarray | None:
 
 def _peak_box(ctx: PlaneContext) -> np.ndarray | None:
     """Box of the dense map's component around its peak (logits above peak - 2)."""
-    logits = logits_to_original(ctx.dense[None].float(), ctx.state.prep)[0, 0].cpu().numpy()
+    logits = ctx.logits
     peak = np.unravel_index(int(np.argmax(logits)), logits.shape)
     labels, _ = ndimage.label(logits > min(0.0, logits[peak] - 2.0))
     region = labels == labels[peak]
