@@ -17,6 +17,7 @@ from medsam3.agent.gain import MARGINS, GainModel, fit_gain, fit_ridge, input_na
 from medsam3.agent.loop import run_loop
 from medsam3.agent.planner import Action, Candidate
 from medsam3.agent.priors import Priors, load_priors
+from medsam3.training.scores import dice
 
 
 def _features(rng: random.Random) -> dict:
@@ -141,7 +142,6 @@ def test_candidate_rows_on_real_val_images(shared_data):
     from medsam3.agent.fit import (
         candidate_rows,
         dataset_concepts,
-        dice,
         fit_critic,
         fit_replacement,
         val_samples,

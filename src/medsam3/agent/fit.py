@@ -31,12 +31,7 @@ from medsam3.agent.priors import PRIORS_FILE, Priors, load_priors, write_priors
 from medsam3.agent.segmenter import AgentSegmenter, shared_encodings, wrap
 from medsam3.models.build import load_model
 from medsam3.training.data import Sample, build_samples, read_manifest
-
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    """Dice of two bool masks (1.0 when both are empty)."""
-    total = a.sum() + b.sum()
-    return 1.0 if total == 0 else float(2 * np.logical_and(a, b).sum() / total)
+from medsam3.training.scores import dice
 
 
 def val_samples(root: Path, split: str, per_dataset: int, limit: int | None) -> list[Sample]:
