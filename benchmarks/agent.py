@@ -30,15 +30,6 @@ import numpy as np
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
-def bootstrap_ci(diff: np.ndarray, n: int = 2000, seed: int = 0) -> tuple[float, float]:
-    """95% percentile CI of the mean of paired differences."""
-    if len(diff) == 0:
-        return float("nan"), float("nan")
-    rng = np.random.default_rng(seed)
-    means = rng.choice(diff, size=(n, len(diff)), replace=True).mean(1)
-    return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
-
-
 def mcc(pred: np.ndarray, truth: np.ndarray) -> float:
     """Matthews correlation of two bool arrays (0 when undefined)."""
     tp = float(np.sum(pred & truth))
@@ -80,6 +71,8 @@ def cross_fitted_auroc(rows: list[dict], folds: int = 2) -> float:
 
 def summarise(rows: list[dict]) -> dict:
     """The benchmark's numbers from :func:`medsam3.agent.fit.score_split` rows."""
+    from medsam3.training.scores import bootstrap_ci
+
     ann = [r for r in rows if r["annotated"]]
     off = np.array([r["dice_off"] for r in ann])
     rules = np.array([r["dice_rules"] for r in ann])

@@ -18,6 +18,7 @@ import signal
 import subprocess
 import time
 from contextlib import contextmanager
+from dataclasses import asdict
 from pathlib import Path
 
 import nibabel as nib
@@ -36,6 +37,8 @@ from medsam3.io.common import concept_slug
 from medsam3.io.zarr_store import list_labels, read_label_attrs, read_study
 from medsam3.models.compact import build_compact, default_checkpoint
 from medsam3.models.modality import ModalityHead
+from medsam3.models.preprocess import to_uint8_rgb
+from medsam3.models.upright import describe, load_upright
 
 pytestmark = pytest.mark.slow
 
@@ -289,6 +292,14 @@ def test_the_model_names_a_guessed_modality(tmp_path):
     given = studies.loc["given"]
     assert (given["modality"], given["modality_source"]) == ("xray", "cohort")
     assert pd.isna(given["modality_predicted"])
+    # an X-ray image is asked which way up it is (the packaged classifier); a volume is not
+    stored = to_uint8_rgb(read_study(out / "zarr" / "given.zarr").array)
+    order, guess = load_upright().order_to_apply(stored)
+    assert given["upright"] == describe({**asdict(order), "applied": not order.identity})
+    assert given["upright_confidence"] == pytest.approx(guess.confidence)
+    assert pd.isna(studies.loc["vol", "upright"]) and pd.isna(
+        studies.loc["vol", "upright_confidence"]
+    )
 
 
 @contextmanager

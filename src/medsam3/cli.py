@@ -41,6 +41,10 @@ def _cmd_segment(args: argparse.Namespace) -> int:
         if args.backend != "compact":
             raise ValueError("--key-spacing applies to the compact backend")
         options["key_spacing_mm"] = args.key_spacing
+    if args.no_upright:
+        if args.backend != "compact":
+            raise ValueError("--no-upright applies to the compact backend")
+        options["upright"] = False
     options |= precision_kwargs(args.backend, args.precision)
     agent = None if args.agent == "off" else {"mode": args.agent, "endpoint": args.agent_endpoint}
     model = load_model(
@@ -171,6 +175,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="MM",
         help="compact, volumes: encode key slices MM mm apart and interpolate between "
         "(default 3; 0: every slice)",
+    )
+    p.add_argument(
+        "--no-upright",
+        action="store_true",
+        help="compact, 2D CT/MRI/X-ray: segment the image as stored instead of first putting it "
+        "the right way up (medsam3.models.upright)",
     )
     p.add_argument(
         "--precision",

@@ -37,6 +37,7 @@ from medsam3.models.base import ConceptResult, Instance, Segmenter, mask_box
 from medsam3.models.compact import CompactSegmenter
 from medsam3.models.inputs import infer_kind
 from medsam3.models.modality import ModalityGuess
+from medsam3.models.upright import results_to_stored, to_display
 from medsam3.types import Kind
 
 
@@ -108,6 +109,17 @@ class AgentSegmenter(Segmenter):
         planes = kind == "image" and isinstance(self.base, CompactSegmenter)
         prompted = set(boxes or {}) | set(points or {})
         call = {"modality": modality, "spacing": spacing, "kind": kind}
+        if planes and self.base.upright is not None:
+            order, guess = self.base.upright_order(array, modality, bool(prompted))
+            if guess is not None and not order.identity:  # the agent works on the upright view
+                classifier, self.base.upright = self.base.upright, None
+                try:
+                    view = self.segment(
+                        to_display(array, order), concepts, boxes=boxes, points=points, **call
+                    )
+                finally:
+                    self.base.upright = classifier
+                return results_to_stored(view, order, guess)
         if planes:
             with shared_encodings(self.base):
                 results = self.base.segment(array, concepts, boxes=boxes, points=points, **call)

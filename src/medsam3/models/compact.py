@@ -36,10 +36,13 @@ from medsam3.models.litemedsam import (
     prepare_image,
 )
 from medsam3.models.modality import ModalityGuess, ModalityHead, modality_features
+from medsam3.models.orientation import DisplayOrder
 from medsam3.models.phrases import canonical, condition
 from medsam3.models.preprocess import group_by_ct_window, to_uint8_rgb
 from medsam3.models.propagate import segment_compact_stack, slice_stride
 from medsam3.models.text_encoder import shared_text_encoder
+from medsam3.models.upright import MODALITIES as UPRIGHT_MODALITIES
+from medsam3.models.upright import Upright, load_upright, results_to_stored, to_display
 
 PLANE_BYTES = 200 * 2**20  # generous peak activation memory of one plane (encoder + head)
 TILE_SIDE = 0.6  # thin-structure tiles: share of the image side (2 x 2 tiles overlap by 0.2)
@@ -134,6 +137,8 @@ class CompactSegmenter(Segmenter):
         mask_margin: where the head is unsure of a mask (its peak logit below this), the dense
             mask is cut at ``peak - mask_margin`` instead of 0 (:meth:`dense_threshold`);
             None always cuts at 0. Fitted on val with the head (``mask_margin`` in its JSON).
+        upright: classifier that puts CT, MRI and X-ray images the right way up before they
+            are segmented (:mod:`medsam3.models.upright`); None segments them as stored.
     """
 
     name = "compact"
@@ -155,6 +160,7 @@ class CompactSegmenter(Segmenter):
         calibration: dict[str, tuple[float, float]] | None = None,
         key_spacing_mm: float | None = KEY_SPACING_MM,
         mask_margin: float | None = None,
+        upright: Upright | None = None,
     ) -> None:
         self.head, self.sam, self.checkpoint_digest = head, sam, digest
         self.presence_threshold, self.iou_gate = presence_threshold, iou_gate
@@ -167,6 +173,10 @@ class CompactSegmenter(Segmenter):
         self.modality_head = modality_head.to(self.device) if modality_head is not None else None
         self.calibration = {k.lower(): tuple(v) for k, v in (calibration or {}).items()}
         self.key_spacing_mm, self.mask_margin = key_spacing_mm, mask_margin
+        self.upright = upright
+        # the latest plane's encoding, reused within one segment call (the upright step's
+        # modality recognition and the segmentation encode the same plane)
+        self._last_encoding: tuple[bytes, tuple] | None = None
         self.encode_batch: int | None = None  # planes per encoder pass; set on first use
         # phrases per 256 px head decode: one at a time on a CPU (about 2x faster than a batch
         # of 4, the 256 px maps stay in cache), 64 on a GPU
@@ -188,12 +198,18 @@ class CompactSegmenter(Segmenter):
             rgb: the plane.
             modality: its modality when known; else it is recognised from the plane.
         """
-        prep = prepare_image(rgb)
-        if self.feature_cache:
-            emb = encode_cached(self.sam, prep)["embedding"][None].float().to(self.device)
+        data = np.ascontiguousarray(rgb)
+        key = hashlib.blake2b(data.data, digest_size=16).digest() + str(rgb.shape).encode()
+        if self._last_encoding is not None and self._last_encoding[0] == key:
+            prep, emb, feats = self._last_encoding[1]
         else:
-            emb = self.sam.encode(prep)
-        feats = self.head.image_features(emb, prep.tensor.to(self.device))
+            prep = prepare_image(rgb)
+            if self.feature_cache:
+                emb = encode_cached(self.sam, prep)["embedding"][None].float().to(self.device)
+            else:
+                emb = self.sam.encode(prep)
+            feats = self.head.image_features(emb, prep.tensor.to(self.device))
+            self._last_encoding = (key, (prep, emb, feats))
         state = PlaneState(prep, emb, feats, modality)
         if modality is None and self.modality_head is not None:
             state.modality = self._recognise(state).modality
@@ -542,15 +558,42 @@ class CompactSegmenter(Segmenter):
         points = {names.get(p, p): v for p, v in (points or {}).items()}
         kind = infer_kind(np.asarray(array), kind)
         data = check_array(array, kind)
+        try:
+            results = self._segment_checked(data, phrases, kind, modality, spacing, boxes, points)
+        finally:
+            self._last_encoding = None
+        return {p: _as_given(results[names[p]], p) for p in given}
+
+    def _segment_checked(self, data, phrases, kind, modality, spacing, boxes, points) -> dict:
+        """:meth:`segment` on checked input, by canonical phrase."""
         if kind == "image":
             if data.ndim == 3 and data.shape[-1] == 1:
                 data = data[..., 0]
-            results = self.segment_plane(data, phrases, modality, boxes, points)
-            results = self._add_tiles(data, results, modality, set(boxes) | set(points))
+            order, guess = self.upright_order(data, modality, bool(boxes or points))
+            view = to_display(data, order)
+            results = self.segment_plane(view, phrases, modality, boxes, points)
+            results = self._add_tiles(view, results, modality, set(boxes) | set(points))
+            if guess is not None:
+                results_to_stored(results, order, guess)
         else:
             stride = slice_stride(spacing, self.key_spacing_mm)
             results = segment_compact_stack(self, data, phrases, kind, modality, stride=stride)
-        return {p: _as_given(results[names[p]], p) for p in given}
+        return results
+
+    def upright_order(self, image: np.ndarray, modality: str | None, prompted: bool):
+        """(order to segment a 2D image in, the upright guess or None where not asked).
+
+        Asked for CT, MRI and X-ray images (given, or recognised from the stored image) without
+        box or point prompts (those are in the stored image's coordinates).
+        """
+        if self.upright is None or prompted:
+            return DisplayOrder(), None
+        if modality is None and self.modality_head is not None:
+            modality = self.recognise_modality(image).modality  # its encoding is reused
+        if (modality or "").lower() not in UPRIGHT_MODALITIES:
+            return DisplayOrder(), None
+        rgb = self.plane_rgb_groups(image, ["image"], modality)[0][0]
+        return self.upright.order_to_apply(rgb)
 
     def _add_tiles(self, image, results, modality, prompted: set) -> dict[str, ConceptResult]:
         """Thin structures (vocabulary ``tiles`` n > 1) found on the whole image: OR in their
@@ -623,7 +666,11 @@ def _box(sl: tuple[slice, slice]) -> tuple[int, int, int, int]:
 
 
 def build_compact(
-    checkpoint: str | Path | None = None, device: str = "cpu", precision: str = "float32", **kw
+    checkpoint: str | Path | None = None,
+    device: str = "cpu",
+    precision: str = "float32",
+    upright: bool | str | Path = True,
+    **kw,
 ) -> CompactSegmenter:
     """Build the compact segmenter.
 
@@ -633,6 +680,9 @@ def build_compact(
             run there; MiniLM stays on the CPU, its phrase vectors are cached).
         precision: LiteMedSAM's compute precision, "float32" or "bfloat16" (autocast; see
             :class:`medsam3.models.litemedsam.LiteMedSAM`).
+        upright: True: put CT, MRI and X-ray images the right way up with the packaged
+            classifier (:mod:`medsam3.models.upright`); a path: that classifier; False: segment
+            them as stored. Its weights are part of ``checkpoint_digest``.
         **kw: CompactSegmenter options (presence_threshold, iou_gate, max_refine, min_area).
 
     Returns:
@@ -646,6 +696,9 @@ def build_compact(
     kw.setdefault("mask_margin", info.get("mask_margin"))
     if "presence_threshold" in info:
         kw.setdefault("presence_threshold", float(info["presence_threshold"]))
+    if upright:
+        kw["upright"] = load_upright(None if upright is True else upright)
+        digest = hashlib.sha256((digest + kw["upright"].digest).encode()).hexdigest()
     sam = LiteMedSAM(device=device, precision=precision)
     return CompactSegmenter(head, sam, digest, **kw)
 

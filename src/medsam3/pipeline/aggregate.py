@@ -81,7 +81,7 @@ def _modality(record: StudyStatus | None) -> dict | None:
     if record is None:
         return None
     keys = ("modality", "modality_source", "modality_predicted", "modality_confidence")
-    keys += ("question", "answer")
+    keys += ("upright", "upright_confidence", "question", "answer")
     return {k: getattr(record, k) for k in keys}
 
 

@@ -46,6 +46,7 @@ from medsam3.models.build import load_model, precision_kwargs, resolve_device
 from medsam3.models.concepts import log_unknown_phrases
 from medsam3.models.inputs import InputError
 from medsam3.models.orientation import segment_in_display_order
+from medsam3.models.upright import describe
 from medsam3.pipeline.cohort import Study, concepts_for
 from medsam3.pipeline.outdir import remove_stale_study_files
 from medsam3.pipeline.settings import ModelSettings, SegmentSettings
@@ -145,6 +146,7 @@ def _store_result(store: Path, result: ConceptResult, model: Segmenter) -> None:
         "encoding": "instances",
         "nearest_known": list(result.nearest_known),
         "display_order": result.extra.get("display_order"),  # volumes: flips the model saw
+        "upright": result.extra.get("upright"),  # 2D radiology: the order recognised / applied
         "presence_threshold": getattr(model, "presence_threshold", None),
         "key_spacing_mm": getattr(model, "key_spacing_mm", None),  # volumes: key slices
         "precision": model.precision,
@@ -228,7 +230,9 @@ def segment_study(
     if todo:
         for result in segment_in_display_order(model, image, todo).values():
             _store_result(store, result, model)
-    rows, errors, trace = _export_and_rows(study, image, concepts, model, settings)
+    rows, errors, trace, upright = _export_and_rows(study, image, concepts, model, settings)
+    if upright:
+        record.upright, record.upright_confidence = describe(upright), upright["confidence"]
     write_parquet_atomic(rows, layout.segments_part(study.study_id), SEGMENTS_SCHEMA)
     if _agent_mode(model):
         write_parquet_atomic(trace, layout.agent_trace_part(study.study_id), AGENT_TRACE_SCHEMA)
@@ -264,10 +268,11 @@ def _export_and_rows(
     """Export every stored concept's masks and build its segments and agent trace rows.
 
     Returns:
-        (segments rows, "<concept>: <error>" of each failed export, agent trace rows).
+        (segments rows, "<concept>: <error>" of each failed export, agent trace rows, the
+        upright step's facts of the first label that has them or None).
     """
     store = settings.layout.store(study.study_id)
-    rows, export_errors, labels, trace = [], [], {}, []
+    rows, export_errors, labels, trace, upright = [], [], {}, [], None
     for phrase in concepts:
         label, attrs = read_label(store, concept_slug(phrase))
         labels[phrase] = label
@@ -292,9 +297,10 @@ def _export_and_rows(
             agent=attrs if attrs.get("agent") else None,
         )
         trace += [{"study_id": study.study_id, **row} for row in attrs.get("agent_trace") or []]
+        upright = upright or attrs.get("upright")
     if "nifti-ml" in settings.export:
         write_multilabel_nifti(labels, image, settings.layout.masks(study.study_id))
-    return rows, export_errors, trace
+    return rows, export_errors, trace, upright
 
 
 def segment_shard(name: str, studies: list[Study], settings: SegmentSettings) -> JobStatus:
@@ -385,12 +391,15 @@ def progress_line(shard: str, index: int, total: int, record: StudyStatus) -> st
 
 def _model_kwargs(model: ModelSettings) -> dict:
     """Backend options of ``load_model``: the resolved device, the LoRA adapter if any, the
-    compact backend's key-slice spacing when configured, and the precision unless "auto"."""
+    compact backend's key-slice spacing when configured and its upright step, and the
+    precision unless "auto"."""
     kwargs = {"device": resolve_device(model.backend, model.device)}
     if model.lora:
         kwargs["lora"] = model.lora
     if model.backend == "compact" and model.key_spacing_mm is not None:
         kwargs["key_spacing_mm"] = model.key_spacing_mm
+    if model.backend == "compact":
+        kwargs["upright"] = model.upright
     return kwargs | precision_kwargs(model.backend, model.precision)
 
 

@@ -22,6 +22,7 @@ from medsam3.models.base import ConceptResult, Segmenter
 from medsam3.models.concepts import load_vocabulary, log_unknown_phrases
 from medsam3.models.inputs import InputError, check_concepts
 from medsam3.models.orientation import segment_in_display_order
+from medsam3.models.upright import describe
 from medsam3.reports.tables import segment_rows
 
 log = logging.getLogger("medsam3.segment")
@@ -116,9 +117,10 @@ def segment_file(
         image: the input already read (the CLI reads it before loading the model).
 
     Returns:
-        The summary: input kind, modality, spacing unit, backend, precision, and per concept
-        presence, n_instances, n_components, instance scores, voxels and area_px / area_mm2 /
-        volume_ml (mm only with physical spacing), and the files written.
+        The summary: input kind, modality, spacing unit, backend, precision, what put a 2D
+        radiology image the right way up (``upright``, :mod:`medsam3.models.upright`), and
+        per concept presence, n_instances, n_components, instance scores, voxels and area_px /
+        area_mm2 / volume_ml (mm only with physical spacing), and the files written.
     """
     image = image if image is not None else read_source(input_path, modality=modality)
     log_unknown_phrases(concepts)
@@ -136,6 +138,9 @@ def segment_file(
         "precision": model.precision,
         "concepts": entries,
     }
+    upright = next((r.extra["upright"] for r in results.values() if "upright" in r.extra), None)
+    if upright is not None:
+        summary |= {"upright": describe(upright), "upright_confidence": upright["confidence"]}
     if multilabel:
         written = write_multilabel_nifti({c: lab for c, (lab, _) in labels.items()}, image, outdir)
         summary["multilabel"] = [p.name for p in written]

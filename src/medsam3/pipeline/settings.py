@@ -53,6 +53,7 @@ class ModelSettings:
     device: str
     key_spacing_mm: float | None = None  # compact: None keeps the backend's default
     precision: str = "auto"  # auto: compact float32, sam3 the checkpoint's stored dtype
+    upright: bool = True  # compact: 2D radiology images put the right way up
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> ModelSettings:
@@ -65,6 +66,7 @@ class ModelSettings:
             model["device"],
             model.get("key_spacing_mm"),
             model.get("precision", "auto"),
+            model.get("upright", True),
         )
 
 

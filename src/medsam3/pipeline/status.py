@@ -40,6 +40,9 @@ class StudyStatus:
             by the segmentation model) or "guess" (ingest's heuristic).
         modality_predicted: segment: the model's modality when it was asked, else None.
         modality_confidence: segment: the model's probability for it, else None.
+        upright: segment: what put a 2D radiology image the right way up ("as stored" when
+            nothing), None when not asked (:func:`medsam3.models.upright.describe`).
+        upright_confidence: segment: the upright classifier's probability for its guess.
         question: segment: the cohort row's clinical question, else None.
         answer: segment: its answer (:func:`medsam3.agent.questions.answer_question`).
     """
@@ -57,6 +60,8 @@ class StudyStatus:
     modality_source: str | None = None
     modality_predicted: str | None = None
     modality_confidence: float | None = None
+    upright: str | None = None
+    upright_confidence: float | None = None
     question: str | None = None
     answer: str | None = None
 

@@ -29,6 +29,14 @@ STUDIES_SCHEMA = pa.schema(
         ),
         _f("modality_predicted", _STR, "modality named by the model when it was asked, else null"),
         _f("modality_confidence", _F64, "the model's probability for modality_predicted"),
+        _f(
+            "upright",
+            _STR,
+            "2D CT, MRI and X-ray images (compact backend): the flips and transpose that put "
+            "the image the right way up before it was segmented (masks mapped back), 'as stored' "
+            "when none were applied; null when not asked",
+        ),
+        _f("upright_confidence", _F64, "the upright classifier's probability for its best guess"),
         _f("shape", pa.list_(_I64), "array shape in SimpleITK voxel order (z|t, y, x[, c])"),
         _f("spacing", pa.list_(_F64), "SimpleITK (x, y[, z]) spacing, in spacing_unit"),
         _f("spacing_unit", _STR, "mm (physical spacing) or pixel (the source has none)"),

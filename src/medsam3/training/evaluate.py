@@ -274,13 +274,20 @@ def main(argv: list[str] | None = None) -> None:
         help="instead of the head's own; 0 segments every pair whatever its presence, so any "
         "threshold can be scored afterwards (medsam3.training.presence_threshold)",
     )
+    ap.add_argument(
+        "--upright",
+        default="on",
+        help="on: the packaged upright classifier (medsam3.models.upright); off: images as "
+        "stored; or a classifier's .safetensors path",
+    )
     args = ap.parse_args(argv)
     torch.set_num_threads(2)
     root = Path(args.data)
     options = {}
     if args.presence_threshold is not None:  # else the head's own
         options["presence_threshold"] = args.presence_threshold
-    model = build_compact(args.checkpoint, feature_cache=True, **options)
+    upright = {"on": True, "off": False}.get(args.upright, args.upright)
+    model = build_compact(args.checkpoint, feature_cache=True, upright=upright, **options)
     per_dataset = {"default": args.max_items}
     caps = {"test": TEST_CAPS, "val": VAL_CAPS}.get(args.split, per_dataset)
     splits = SPLITS[args.split]

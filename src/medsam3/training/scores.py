@@ -17,6 +17,15 @@ def dice(pred: np.ndarray, gt: np.ndarray) -> float:
     return 1.0 if den == 0 else float(2 * np.logical_and(pred, gt).sum() / den)
 
 
+def bootstrap_ci(diff: np.ndarray, n: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """95% percentile interval of the mean of paired differences (NaN when empty)."""
+    if len(diff) == 0:
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    means = rng.choice(diff, size=(n, len(diff)), replace=True).mean(1)
+    return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+
+
 def reliability(y: np.ndarray, p: np.ndarray, bins: int = 10) -> dict:
     """Reliability bins and expected calibration error of presence probabilities.
 
