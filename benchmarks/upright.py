@@ -9,9 +9,11 @@ annotated pairs, the paired difference with a bootstrap 95% interval, how often 
 turned, and seconds per image of each arm (no modality given: it is recognised, as in
 ``medsam3 evaluate``).
 
-Choose on val; read test once per shipped classifier:
+Choose on val; read test once per shipped classifier. The model card's run (about 10 min on
+2 cores per split):
 
-    PYTHONPATH=src python benchmarks/upright.py --data ../shared/data --per-dataset 3
+    PYTHONPATH=src python benchmarks/upright.py --data ../shared/data --per-dataset 2 \
+        --orders 0 2 3 4 5 [--split test]
 """
 
 from __future__ import annotations

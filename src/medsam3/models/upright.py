@@ -126,17 +126,13 @@ class Upright:
         x = torch.stack([thumbnail(a) for a in rgbs])
         return torch.softmax(self.net(x), dim=-1).numpy()
 
-    def guess(self, rgb: np.ndarray) -> UprightGuess:
-        """The most probable display order of one image."""
-        prob = self.probabilities([rgb])[0]
-        k = int(prob.argmax())
-        return UprightGuess(ORDERS[k], round(float(prob[k]), 4))
-
     def order_to_apply(self, rgb: np.ndarray) -> tuple[DisplayOrder, UprightGuess]:
         """The order to segment ``rgb`` in (:func:`decide`) and the classifier's best guess."""
         prob = self.probabilities([rgb])
         k = int(decide(prob, self.min_confidence)[0])
         best = int(prob[0].argmax())
+        if k:
+            log.debug("image stored turned: segmented as %s (p %.3f)", ORDERS[k], prob[0, k])
         return ORDERS[k], UprightGuess(ORDERS[best], round(float(prob[0, best]), 4))
 
 
