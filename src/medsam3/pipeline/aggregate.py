@@ -72,12 +72,13 @@ def studies_rows(ingest: list[StudyStatus], segment: list[StudyStatus]) -> list[
         failed = rec.status != "ok" or (done is not None and done.status == "failed")
         status = "failed" if failed else ("ok" if done else "ingested")
         error = rec.error or (done.error if done else None)
-        rows.append(study_row(rec.study_id, status, error, rec.image, _modality(done)))
+        rows.append(study_row(rec.study_id, status, error, rec.image, _settled(done)))
     return rows
 
 
-def _modality(record: StudyStatus | None) -> dict | None:
-    """The modality columns a segment record settled (None without a record)."""
+def _settled(record: StudyStatus | None) -> dict | None:
+    """The studies columns a segment record settled: modality, upright step, question and
+    answer (None without a record)."""
     if record is None:
         return None
     keys = ("modality", "modality_source", "modality_predicted", "modality_confidence")

@@ -55,8 +55,9 @@ def study_row(
         error: error message (UIDs and dates are scrubbed here) or None.
         image: the ingested image's description, or None when ingest failed.
         modality: what segmentation settled (keys modality, modality_source,
-            modality_predicted, modality_confidence; question and answer when the row asked
-            one), or None before segmentation (the image's modality and source are used).
+            modality_predicted, modality_confidence, upright, upright_confidence; question and
+            answer when the row asked one), or None before segmentation (the image's modality
+            and source are used).
 
     Returns:
         dict matching ``STUDIES_SCHEMA``.
