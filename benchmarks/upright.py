@@ -46,14 +46,14 @@ def pick_images(root: Path, split: str, per_dataset: int, seed: int = 0) -> list
 
 def run(model, upright, samples: list, orders: list[int]) -> list[dict]:
     """One row per (image, stored order, concept) with both arms' Dice."""
-    from medsam3.models.upright import ORDERS
+    from medsam3.models.upright import ORDERS, to_stored
     from medsam3.training.scores import dice
 
     rows = []
     for i, s in enumerate(samples):
         rgb, truth = s.load_rgb(), {c: m() for c, m in s.masks.items()}
         for k in orders:
-            image = _stored(rgb, ORDERS[k])
+            image = to_stored(rgb, ORDERS[k])
             arms = {}
             for arm, classifier in (("off", None), ("on", upright)):
                 model.upright = classifier
@@ -68,8 +68,8 @@ def run(model, upright, samples: list, orders: list[int]) -> list[dict]:
                         "item": s.item_id,
                         "concept": c,
                         "order": k,
-                        "dice_off": dice(arms["off"][0][c].mask, _stored(gt, ORDERS[k])),
-                        "dice_on": dice(on.mask, _stored(gt, ORDERS[k])),
+                        "dice_off": dice(arms["off"][0][c].mask, to_stored(gt, ORDERS[k])),
+                        "dice_on": dice(on.mask, to_stored(gt, ORDERS[k])),
                         "turned": bool(on.extra.get("upright", {}).get("applied", False)),
                         "s_off": arms["off"][1],
                         "s_on": arms["on"][1],
@@ -77,10 +77,6 @@ def run(model, upright, samples: list, orders: list[int]) -> list[dict]:
                 )
         print(f"{i + 1}/{len(samples)} {s.dataset[:50]}", flush=True)
     return rows
-
-
-def _stored(image: np.ndarray, order) -> np.ndarray:
-    return np.ascontiguousarray(order.to_stored(image[None])[0])
 
 
 def summarise(rows: list[dict]) -> dict:

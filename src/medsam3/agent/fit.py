@@ -28,8 +28,9 @@ from medsam3.agent.critic import FEATURES, critic_score, features, fit_coefficie
 from medsam3.agent.gain import action_summary, fit_gain
 from medsam3.agent.planner import Candidate, evidence, plane_actions
 from medsam3.agent.priors import PRIORS_FILE, Priors, load_priors, write_priors
-from medsam3.agent.segmenter import AgentSegmenter, shared_encodings, wrap
+from medsam3.agent.segmenter import AgentSegmenter, wrap
 from medsam3.models.build import load_model
+from medsam3.models.compact import shared_encodings
 from medsam3.training.data import Sample, build_samples, read_manifest
 from medsam3.training.scores import dice
 

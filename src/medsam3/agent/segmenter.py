@@ -12,10 +12,7 @@ so only crop-and-zoom encodes again. Each result's ``extra`` gains ``critic_scor
 
 from __future__ import annotations
 
-import hashlib
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import replace
 
 import numpy as np
@@ -34,34 +31,11 @@ from medsam3.agent.planner import (
 )
 from medsam3.agent.priors import Priors, load_priors
 from medsam3.models.base import ConceptResult, Instance, Segmenter, mask_box
-from medsam3.models.compact import CompactSegmenter
+from medsam3.models.compact import CompactSegmenter, shared_encodings
 from medsam3.models.inputs import infer_kind
 from medsam3.models.modality import ModalityGuess
 from medsam3.models.upright import results_to_stored, to_display
 from medsam3.types import Kind
-
-
-@contextmanager
-def shared_encodings(model: CompactSegmenter) -> Iterator[dict]:
-    """Keep every plane the compact model encodes during a block, keyed by its pixels.
-
-    Yields:
-        The cache: (sha1 of the RGB bytes, shape, modality) -> PlaneState.
-    """
-    cache: dict = {}
-    encode = model.encode_plane
-
-    def cached(rgb: np.ndarray, modality: str | None = None):
-        key = (hashlib.sha1(rgb.tobytes()).hexdigest(), rgb.shape, modality)
-        if key not in cache:
-            cache[key] = encode(rgb, modality)
-        return cache[key]
-
-    model.encode_plane = cached
-    try:
-        yield cache
-    finally:
-        del model.encode_plane
 
 
 class AgentSegmenter(Segmenter):
@@ -109,25 +83,35 @@ class AgentSegmenter(Segmenter):
         planes = kind == "image" and isinstance(self.base, CompactSegmenter)
         prompted = set(boxes or {}) | set(points or {})
         call = {"modality": modality, "spacing": spacing, "kind": kind}
-        if planes and self.base.upright is not None:
-            order, guess = self.base.upright_order(array, modality, bool(prompted))
-            if guess is not None and not order.identity:  # the agent works on the upright view
-                classifier, self.base.upright = self.base.upright, None
-                try:
-                    view = self.segment(
-                        to_display(array, order), concepts, boxes=boxes, points=points, **call
-                    )
-                finally:
-                    self.base.upright = classifier
-                return results_to_stored(view, order, guess)
         if planes:
             with shared_encodings(self.base):
+                upright = self._upright_view(array, concepts, boxes, points, call)
+                if upright is not None:
+                    return upright
                 results = self.base.segment(array, concepts, boxes=boxes, points=points, **call)
                 self._improve_all(results, array, prompted, call)
         else:
             results = self.base.segment(array, concepts, boxes=boxes, points=points, **call)
             self._improve_all(results, array, prompted, call)
         return results
+
+    def _upright_view(self, array, concepts, boxes, points, call) -> dict | None:
+        """The whole agent run on the upright view of a 2D image the compact backend's upright
+        step turns, mapped back to the stored image; None when it is segmented as stored."""
+        if self.base.upright is None:
+            return None
+        prompted = bool(boxes or points)
+        order, guess = self.base.upright_order(array, call["modality"], prompted)
+        if guess is None or order.identity:
+            return None
+        classifier, self.base.upright = self.base.upright, None
+        try:
+            view = self.segment(
+                to_display(array, order), concepts, boxes=boxes, points=points, **call
+            )
+        finally:
+            self.base.upright = classifier
+        return results_to_stored(view, order, guess)
 
     def _improve_all(self, results: dict, array, prompted: set, call: dict) -> None:
         masks = {p: r.mask.astype(bool) for p, r in results.items()}

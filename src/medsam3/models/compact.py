@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
@@ -174,9 +176,7 @@ class CompactSegmenter(Segmenter):
         self.calibration = {k.lower(): tuple(v) for k, v in (calibration or {}).items()}
         self.key_spacing_mm, self.mask_margin = key_spacing_mm, mask_margin
         self.upright = upright
-        # the latest plane's encoding, reused within one segment call (the upright step's
-        # modality recognition and the segmentation encode the same plane)
-        self._last_encoding: tuple[bytes, tuple] | None = None
+        self._encodings: dict | None = None  # pixels -> encoding, inside shared_encodings
         self.encode_batch: int | None = None  # planes per encoder pass; set on first use
         # phrases per 256 px head decode: one at a time on a CPU (about 2x faster than a batch
         # of 4, the 256 px maps stay in cache), 64 on a GPU
@@ -198,22 +198,25 @@ class CompactSegmenter(Segmenter):
             rgb: the plane.
             modality: its modality when known; else it is recognised from the plane.
         """
-        data = np.ascontiguousarray(rgb)
-        key = hashlib.blake2b(data.data, digest_size=16).digest() + str(rgb.shape).encode()
-        if self._last_encoding is not None and self._last_encoding[0] == key:
-            prep, emb, feats = self._last_encoding[1]
+        if self._encodings is None:
+            prep, emb, feats = self._encode(rgb)
         else:
-            prep = prepare_image(rgb)
-            if self.feature_cache:
-                emb = encode_cached(self.sam, prep)["embedding"][None].float().to(self.device)
-            else:
-                emb = self.sam.encode(prep)
-            feats = self.head.image_features(emb, prep.tensor.to(self.device))
-            self._last_encoding = (key, (prep, emb, feats))
+            key = (hashlib.sha1(np.ascontiguousarray(rgb).data).hexdigest(), rgb.shape)
+            if key not in self._encodings:
+                self._encodings[key] = self._encode(rgb)
+            prep, emb, feats = self._encodings[key]
         state = PlaneState(prep, emb, feats, modality)
         if modality is None and self.modality_head is not None:
             state.modality = self._recognise(state).modality
         return state
+
+    def _encode(self, rgb: np.ndarray) -> tuple[Prepared, torch.Tensor, dict]:
+        prep = prepare_image(rgb)
+        if self.feature_cache:
+            emb = encode_cached(self.sam, prep)["embedding"][None].float().to(self.device)
+        else:
+            emb = self.sam.encode(prep)
+        return prep, emb, self.head.image_features(emb, prep.tensor.to(self.device))
 
     @torch.inference_mode()
     def encode_planes(self, rgbs: list[np.ndarray], modality: str | None = None):
@@ -558,26 +561,24 @@ class CompactSegmenter(Segmenter):
         points = {names.get(p, p): v for p, v in (points or {}).items()}
         kind = infer_kind(np.asarray(array), kind)
         data = check_array(array, kind)
-        try:
-            results = self._segment_checked(data, phrases, kind, modality, spacing, boxes, points)
-        finally:
-            self._last_encoding = None
-        return {p: _as_given(results[names[p]], p) for p in given}
-
-    def _segment_checked(self, data, phrases, kind, modality, spacing, boxes, points) -> dict:
-        """:meth:`segment` on checked input, by canonical phrase."""
         if kind == "image":
             if data.ndim == 3 and data.shape[-1] == 1:
                 data = data[..., 0]
-            order, guess = self.upright_order(data, modality, bool(boxes or points))
-            view = to_display(data, order)
-            results = self.segment_plane(view, phrases, modality, boxes, points)
-            results = self._add_tiles(view, results, modality, set(boxes) | set(points))
-            if guess is not None:
-                results_to_stored(results, order, guess)
+            with shared_encodings(self):  # recognising the modality encodes the same plane
+                results = self._segment_image(data, phrases, modality, boxes, points)
         else:
             stride = slice_stride(spacing, self.key_spacing_mm)
             results = segment_compact_stack(self, data, phrases, kind, modality, stride=stride)
+        return {p: _as_given(results[names[p]], p) for p in given}
+
+    def _segment_image(self, image, phrases, modality, boxes, points) -> dict:
+        """:meth:`segment` on a checked 2D image, by canonical phrase (upright step, tiles)."""
+        order, guess = self.upright_order(image, modality, bool(boxes or points))
+        view = to_display(image, order)
+        results = self.segment_plane(view, phrases, modality, boxes, points)
+        results = self._add_tiles(view, results, modality, set(boxes) | set(points))
+        if guess is not None:
+            results_to_stored(results, order, guess)
         return results
 
     def upright_order(self, image: np.ndarray, modality: str | None, prompted: bool):
@@ -616,6 +617,21 @@ class CompactSegmenter(Segmenter):
                 results[p].mask = mask.astype(np.uint8)
                 results[p].extra["tiles"] = n * n
         return results
+
+
+@contextmanager
+def shared_encodings(model: CompactSegmenter) -> Iterator[None]:
+    """Encode each distinct plane once during a block: :meth:`CompactSegmenter.encode_plane`
+    reuses the encoding of pixels it has seen (keyed by a hash of the RGB bytes and shape).
+    A nested block shares the outer block's encodings."""
+    if model._encodings is not None:
+        yield
+        return
+    model._encodings = {}
+    try:
+        yield
+    finally:
+        model._encodings = None
 
 
 def _as_given(result: ConceptResult, phrase: str) -> ConceptResult:

@@ -17,6 +17,7 @@ voxel grid and keeps the input's geometry.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -130,14 +131,19 @@ def segment_in_display_order(
 
 
 def _to_stored(result: ConceptResult, order: DisplayOrder) -> None:
-    """Map a volume's ConceptResult (union, instances and any mask-shaped array in ``extra``,
-    such as a wrapper's raw mask) back to the stored order, in place."""
+    """Map a volume's ConceptResult back to the stored order, in place."""
+    map_masks(result, order.to_stored)
+    result.extra["display_order"] = asdict(order)
+
+
+def map_masks(result: ConceptResult, back: Callable[[np.ndarray], np.ndarray]) -> None:
+    """Apply ``back`` to a result's union, its instances (boxes recomputed) and any
+    mask-shaped array in ``extra`` (such as a wrapper's raw mask), in place."""
     shape = result.mask.shape
     for key, value in result.extra.items():
         if isinstance(value, np.ndarray) and value.shape == shape:
-            result.extra[key] = order.to_stored(value)
-    result.mask = order.to_stored(result.mask)
+            result.extra[key] = back(value)
+    result.mask = back(result.mask)
     for inst in result.instances:
-        inst.mask = order.to_stored(inst.mask)
+        inst.mask = back(inst.mask)
         inst.box = mask_box(inst.mask) if inst.mask.any() else inst.box
-    result.extra["display_order"] = asdict(order)

@@ -28,8 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from medsam3.models.base import ConceptResult, mask_box
-from medsam3.models.orientation import DisplayOrder
+from medsam3.models.base import ConceptResult
+from medsam3.models.orientation import DisplayOrder, map_masks
 
 log = logging.getLogger("medsam3.models.upright")
 
@@ -191,6 +191,11 @@ def to_display(image: np.ndarray, order: DisplayOrder) -> np.ndarray:
     return np.ascontiguousarray(order.to_display(image[None])[0])
 
 
+def to_stored(image: np.ndarray, order: DisplayOrder) -> np.ndarray:
+    """The inverse of :func:`to_display`: a display-order (y, x[, c]) image as stored."""
+    return order.to_stored(image[None])[0]
+
+
 def results_to_stored(
     results: dict[str, ConceptResult], order: DisplayOrder, guess: UprightGuess
 ) -> dict[str, ConceptResult]:
@@ -198,7 +203,7 @@ def results_to_stored(
     records the guess as ``extra["upright"]``."""
     for result in results.values():
         if not order.identity:
-            _plane_to_stored(result, order)
+            map_masks(result, lambda a: to_stored(a, order))
         result.extra["upright"] = {
             **asdict(guess.order),
             "confidence": guess.confidence,
@@ -213,15 +218,3 @@ def describe(facts: dict) -> str:
         return "as stored"
     steps = [k for k in ("transpose", "flip_rows", "flip_cols") if facts.get(k)]
     return " + ".join(k.replace("_", " ") for k in steps)
-
-
-def _plane_to_stored(result: ConceptResult, order: DisplayOrder) -> None:
-    shape = result.mask.shape
-    back = lambda a: order.to_stored(a[None])[0]  # noqa: E731
-    for key, value in result.extra.items():
-        if isinstance(value, np.ndarray) and value.shape == shape:
-            result.extra[key] = back(value)
-    result.mask = back(result.mask)
-    for inst in result.instances:
-        inst.mask = back(inst.mask)
-        inst.box = mask_box(inst.mask) if inst.mask.any() else inst.box

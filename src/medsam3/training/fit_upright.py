@@ -41,6 +41,8 @@ from medsam3.models.upright import (
     UprightNet,
     decide,
     thumbnail,
+    to_display,
+    to_stored,
 )
 from medsam3.training.data import Sample, build_samples, colin27_samples
 
@@ -100,7 +102,7 @@ def augment(plane: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 def stored_in(plane: np.ndarray, k: int) -> np.ndarray:
     """The display-order ``plane`` as an image stored so that ORDERS[k] takes it back."""
-    return np.ascontiguousarray(ORDERS[k].to_stored(plane[None])[0])
+    return to_stored(plane, ORDERS[k])
 
 
 def batch(planes, weights, rng: np.random.Generator, size: int):
@@ -152,13 +154,9 @@ def scores(prob: np.ndarray, threshold: float) -> dict:
 def _compose(stored: int, chosen: int) -> int:
     """The order a plane stored in ORDERS[stored] still needs after ORDERS[chosen] is applied."""
     probe = np.arange(12.0).reshape(3, 4)
-    seen = ORDERS[chosen].to_display(stored_in(probe, stored)[None])[0]
-    return next(
-        j
-        for j, o in enumerate(ORDERS)
-        if o.to_display(seen[None])[0].shape == probe.shape
-        and (o.to_display(seen[None])[0] == probe).all()
-    )
+    seen = to_display(stored_in(probe, stored), ORDERS[chosen])
+    shown = [to_display(seen, o) for o in ORDERS]
+    return next(j for j, a in enumerate(shown) if a.shape == probe.shape and (a == probe).all())
 
 
 def choose_threshold(prob: np.ndarray, max_wrong_turns: float) -> float:
